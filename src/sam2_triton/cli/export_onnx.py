@@ -1,0 +1,81 @@
+"""``export_onnx``: a SAM2.1 checkpoint → ONNX graphs + Triton configs in a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+from sam2_triton.models import MODEL_SIZES, UserError, get_model_size
+
+log = logging.getLogger("sam2_triton.export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="export_onnx.py",
+        description="Export SAM2.1's image encoder and prompt encoder + mask decoder to ONNX "
+        "inside a Triton model repository (sam2_encoder, sam2_decoder, sam2 ensemble).",
+    )
+    p.add_argument("--model", required=True, metavar="SIZE", help=f"one of {', '.join(MODEL_SIZES)}")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="Meta-format SAM2.1 checkpoint (default: checkpoints/<Meta's file name>)",
+    )
+    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)")
+    p.add_argument(
+        "--only",
+        choices=("encoder", "decoder"),
+        help="export one graph only (default: both)",
+    )
+    p.add_argument(
+        "--no-configs",
+        action="store_true",
+        help="write the ONNX files only, leave config.pbtxt files as they are",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    size = get_model_size(args.model)
+    checkpoint = args.checkpoint or Path("checkpoints") / size.checkpoint_file
+    if not checkpoint.is_file():
+        raise UserError(
+            f"checkpoint not found: {checkpoint} (download it with "
+            f"scripts/download_checkpoints.py --model {size.name})"
+        )
+
+    from sam2_triton import export
+
+    repo = args.repository
+    t0 = time.perf_counter()
+    model = export.load_sam2(size, checkpoint)
+    log.info("loaded %s from %s in %.1f s", size.name, checkpoint, time.perf_counter() - t0)
+    if args.only in (None, "encoder"):
+        t = time.perf_counter()
+        path = export.export_encoder(model, repo / "sam2_encoder" / "1" / "model.onnx")
+        log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
+    if args.only in (None, "decoder"):
+        t = time.perf_counter()
+        path = export.export_decoder(model, repo / "sam2_decoder" / "1" / "model.onnx")
+        log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
+    if not args.no_configs:
+        from sam2_triton import model_config
+
+        for path in model_config.write_repository_configs(repo, model_size=size.name):
+            log.info("wrote %s", path)
+    return 0
+
+
+def cli() -> None:
+    from sam2_triton.cli import run_cli
+
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,335 @@
+"""Export SAM2.1's image encoder and its prompt encoder + mask decoder to ONNX.
+
+The two graphs are the public contract of the served models (names users ``curl``):
+
+``sam2_encoder``
+    ``image`` FP32 ``[B, 3, 1024, 1024]``, normalised as Meta's ``SAM2Transforms`` does
+    (RGB in [0, 1], resized to 1024x1024, ImageNet mean/std) →
+    ``image_embeddings`` ``[B, 256, 64, 64]`` (``no_mem_embed`` already added, as
+    ``SAM2ImagePredictor.set_image`` does), ``high_res_feats_0`` ``[B, 32, 256, 256]``,
+    ``high_res_feats_1`` ``[B, 64, 128, 128]``.
+
+``sam2_decoder``
+    the three encoder outputs, ``point_coords`` FP32 ``[B, N, 2]`` (x, y in the 1024x1024
+    input frame), ``point_labels`` FP32 ``[B, N]`` (1 foreground, 0 background, 2/3 box
+    corners, -1 padding), ``mask_input`` FP32 ``[B, 1, 256, 256]`` (low-res logits of an
+    earlier prediction) and ``has_mask_input`` FP32 ``[B, 1]`` (1 to use ``mask_input``) →
+    ``masks`` ``[B, 1, 256, 256]`` and ``iou_predictions`` ``[B, 1]``: the single mask that
+    ``predict(multimask_output=False)`` gives, with SAM2's dynamic fall-back to the most
+    confident multimask output when the single mask is unstable; and
+    ``multimask_masks`` ``[B, 3, 256, 256]`` with ``multimask_iou_predictions`` ``[B, 3]``:
+    what ``predict(multimask_output=True)`` gives. All four come from one run of the mask
+    decoder; a Triton client asks only for the outputs it wants, so the other pair costs
+    no bandwidth.
+
+Mask logits are returned unclamped (the predictor upsamples unclamped logits); the
+predictor clamps the low-res logits it hands back for reuse to [-32, 32], and so does
+the client before it sends them back as ``mask_input``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from sam2_triton.models import (
+    EMBED_DIM,
+    EMBED_SIZE,
+    HIGH_RES_FEATS,
+    IMAGE_SIZE,
+    LOW_RES_MASK_SIZE,
+    ModelSize,
+    UserError,
+)
+
+if TYPE_CHECKING:  # torch is only needed to export, never to serve or call
+    import torch
+    from sam2.modeling.sam2_base import SAM2Base
+
+log = logging.getLogger(__name__)
+
+#: ONNX opset of both graphs. 17 is what the legacy TorchScript exporter handles best
+#: (LayerNormalization is native from 17) and what ONNX Runtime ≥ 1.14 and TensorRT ≥ 8.6
+#: (every NGC Triton image since 23.xx) support.
+OPSET = 17
+
+ENCODER_INPUTS = ("image",)
+ENCODER_OUTPUTS = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
+DECODER_INPUTS = (
+    "image_embeddings",
+    "high_res_feats_0",
+    "high_res_feats_1",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+)
+DECODER_OUTPUTS = ("masks", "iou_predictions", "multimask_masks", "multimask_iou_predictions")
+
+#: Shapes without the batch dimension; ``-1`` is a dimension the caller chooses.
+TENSOR_SHAPES: dict[str, tuple[int, ...]] = {
+    "image": (3, IMAGE_SIZE, IMAGE_SIZE),
+    "image_embeddings": (EMBED_DIM, EMBED_SIZE, EMBED_SIZE),
+    "high_res_feats_0": (HIGH_RES_FEATS[0][0], HIGH_RES_FEATS[0][1], HIGH_RES_FEATS[0][1]),
+    "high_res_feats_1": (HIGH_RES_FEATS[1][0], HIGH_RES_FEATS[1][1], HIGH_RES_FEATS[1][1]),
+    "point_coords": (-1, 2),
+    "point_labels": (-1,),
+    "mask_input": (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
+    "has_mask_input": (1,),
+    "masks": (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
+    "iou_predictions": (1,),
+    "multimask_masks": (3, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
+    "multimask_iou_predictions": (3,),
+}
+
+
+def load_sam2(size: ModelSize, checkpoint: str | os.PathLike) -> "SAM2Base":
+    """Build SAM2.1 of ``size`` from Meta's config and load ``checkpoint`` into it (eval, CPU).
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` (no pickled code runs) and
+    must hold exactly the parameters of that size's config; otherwise :class:`UserError`.
+    """
+    import torch
+    from sam2.build_sam import build_sam2
+
+    state_dict = read_checkpoint(checkpoint)
+    model = build_sam2(size.config, ckpt_path=None, device="cpu", mode="eval")
+    check_state_dict(model.state_dict(), state_dict, size, checkpoint)
+    model.load_state_dict(state_dict)
+    model.eval()
+    torch.set_grad_enabled(False)
+    return model
+
+
+def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, "torch.Tensor"]:
+    """Return the ``"model"`` state dict of a Meta-format checkpoint, or raise :class:`UserError`."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is not a readable PyTorch file: {first_line}") from e
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+        raise UserError(f"checkpoint {path} is not in Meta's SAM2 format ({{'model': state_dict}})")
+    return loaded["model"]
+
+
+def check_state_dict(
+    expected: dict[str, "torch.Tensor"],
+    found: dict[str, "torch.Tensor"],
+    size: ModelSize,
+    checkpoint: str | os.PathLike,
+) -> None:
+    """Raise :class:`UserError` unless ``found`` has exactly ``expected``'s keys and shapes."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+    if not (missing or unexpected or wrong):
+        return
+    detail = []
+    if wrong:
+        k = wrong[0]
+        detail.append(
+            f"{len(wrong)} tensors of another shape (e.g. {k}: "
+            f"{tuple(found[k].shape)} instead of {tuple(expected[k].shape)})"
+        )
+    if missing:
+        detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    raise UserError(
+        f"checkpoint {checkpoint} is not a SAM2.1 {size.name} checkpoint: " + "; ".join(detail)
+    )
+
+
+def _torch_modules():
+    """The wrappers subclass ``nn.Module``; define them lazily so importing needs no torch."""
+    import torch
+    from torch import nn
+
+    class ImageEncoder(nn.Module):
+        """``image`` [B,3,1024,1024] → the three feature maps the predictor caches.
+
+        The same computation as ``SAM2ImagePredictor.set_image`` after its transforms:
+        ``forward_image`` (Hiera + FPN + the decoder's ``conv_s0``/``conv_s1``), then
+        ``no_mem_embed`` added to the lowest-resolution map.
+        """
+
+        def __init__(self, model: "SAM2Base") -> None:
+            super().__init__()
+            self.model = model
+            sizes = [(s, s) for _, s in HIGH_RES_FEATS] + [(EMBED_SIZE, EMBED_SIZE)]
+            self.feat_sizes = sizes
+
+        def forward(self, image: torch.Tensor):
+            backbone_out = self.model.forward_image(image)
+            _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
+            if self.model.directly_add_no_mem_embed:
+                vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+            batch = image.shape[0]
+            # (HW, B, C) sequences back to (B, C, H, W) maps.
+            feats = [
+                feat.permute(1, 2, 0).reshape(batch, -1, h, w)
+                for feat, (h, w) in zip(vision_feats, self.feat_sizes)
+            ]
+            return feats[2], feats[0], feats[1]
+
+    class PromptDecoder(nn.Module):
+        """Prompt encoder + mask decoder for one prompt set per image in the batch.
+
+        Follows ``SAM2ImagePredictor._predict``: points (box corners first, labelled 2 and 3)
+        go to the prompt encoder with ``boxes=None``, so it appends one padding point; the
+        mask embedding is used where ``has_mask_input`` is 1, ``no_mask_embed`` elsewhere.
+        """
+
+        def __init__(self, model: "SAM2Base") -> None:
+            super().__init__()
+            self.prompt_encoder = model.sam_prompt_encoder
+            self.mask_decoder = model.sam_mask_decoder
+
+        def forward(
+            self,
+            image_embeddings: torch.Tensor,
+            high_res_feats_0: torch.Tensor,
+            high_res_feats_1: torch.Tensor,
+            point_coords: torch.Tensor,
+            point_labels: torch.Tensor,
+            mask_input: torch.Tensor,
+            has_mask_input: torch.Tensor,
+        ):
+            pe = self.prompt_encoder
+            sparse = pe._embed_points(point_coords, point_labels, pad=True)
+            no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand_as(image_embeddings)
+            # `where`, not a weighted sum, so garbage in an unused mask_input cannot leak in.
+            use_mask = (has_mask_input > 0.5).reshape(-1, 1, 1, 1)
+            dense = torch.where(use_mask, pe._embed_masks(mask_input), no_mask)
+            masks, iou, _, _ = self.mask_decoder.predict_masks(
+                image_embeddings=image_embeddings,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                repeat_image=False,
+                high_res_features=[high_res_feats_0, high_res_feats_1],
+            )
+            if self.mask_decoder.dynamic_multimask_via_stability:
+                single_masks, single_iou = self.mask_decoder._dynamic_multimask_via_stability(
+                    masks, iou
+                )
+            else:
+                single_masks, single_iou = masks[:, 0:1], iou[:, 0:1]
+            return single_masks, single_iou, masks[:, 1:], iou[:, 1:]
+
+    return ImageEncoder, PromptDecoder
+
+
+def image_encoder(model: "SAM2Base") -> "torch.nn.Module":
+    """The ``sam2_encoder`` graph as a torch module."""
+    return _torch_modules()[0](model).eval()
+
+
+def prompt_decoder(model: "SAM2Base") -> "torch.nn.Module":
+    """The ``sam2_decoder`` graph as a torch module."""
+    return _torch_modules()[1](model).eval()
+
+
+def example_decoder_inputs(batch: int = 1, num_points: int = 2) -> tuple["torch.Tensor", ...]:
+    """Random decoder inputs of the contract's shapes, for tracing and tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {name: TENSOR_SHAPES[name] for name in DECODER_INPUTS}
+    out = []
+    for name in DECODER_INPUTS:
+        shape = tuple(num_points if d == -1 else d for d in shapes[name])
+        out.append(torch.randn((batch, *shape), generator=g))
+    out[3] = torch.rand((batch, num_points, 2), generator=g) * IMAGE_SIZE
+    out[4] = torch.ones((batch, num_points))
+    out[6] = torch.zeros((batch, 1))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
+    import onnx
+    import torch
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # The legacy exporter warns about every traced shape comparison in Meta's code.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        model = onnx.load(str(tmp))
+        _declare_shapes(model)
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def _declare_shapes(model) -> None:
+    """Write the contract's shapes onto the graph's inputs and outputs.
+
+    The legacy exporter leaves most output dims unknown. Known dims let Triton's config
+    check, ONNX Runtime's planner and TensorRT's builder rely on them; the batch and point
+    dims stay symbolic.
+    """
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        contract = ("batch", *("num_points" if d == -1 else d for d in TENSOR_SHAPES[value.name]))
+        for dim, want in zip(dims, contract):
+            dim.Clear()
+            if isinstance(want, str):
+                dim.dim_param = want
+            else:
+                dim.dim_value = want
+
+
+def export_encoder(model: "SAM2Base", path: str | os.PathLike) -> Path:
+    """Write the ``sam2_encoder`` ONNX graph (dynamic batch) to ``path`` atomically."""
+    import torch
+
+    path = Path(path)
+    example = torch.randn(1, *TENSOR_SHAPES["image"])
+    axes = {name: {0: "batch"} for name in ENCODER_INPUTS + ENCODER_OUTPUTS}
+    _export(image_encoder(model), (example,), path, ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
+    return path
+
+
+def export_decoder(model: "SAM2Base", path: str | os.PathLike) -> Path:
+    """Write the ``sam2_decoder`` ONNX graph (dynamic batch and point count) atomically."""
+    path = Path(path)
+    axes = {name: {0: "batch"} for name in DECODER_INPUTS + DECODER_OUTPUTS}
+    axes["point_coords"] = {0: "batch", 1: "num_points"}
+    axes["point_labels"] = {0: "batch", 1: "num_points"}
+    example = example_decoder_inputs(batch=1, num_points=2)
+    _export(prompt_decoder(model), example, path, DECODER_INPUTS, DECODER_OUTPUTS, axes)
+    return path

@@ -1,0 +1,69 @@
+"""Shared fixtures: a random-init SAM2.1 tiny, its exported repository, Meta's predictor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def run_script(name: str, *args: str, check: bool = True, timeout: float = 300, **kw):
+    """Run ``scripts/<name>`` as a user would (a new Python process) and capture its output."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A seeded random-init SAM2.1 tiny in Meta's checkpoint format."""
+    from sam2_triton.testing import save_random_checkpoint
+
+    return save_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A model repository exported from ``tiny_checkpoint`` through the user-facing CLI."""
+    repo = tmp_path_factory.mktemp("model_repository")
+    run_script(
+        "export_onnx.py", "--model", "tiny", "--checkpoint", tiny_checkpoint, "--repository", repo
+    )
+    return repo
+
+
+@pytest.fixture(scope="session")
+def sam2_model(tiny_checkpoint):
+    """Meta's SAM2.1 tiny with the checkpoint's weights, built by Meta's own builder."""
+    import torch
+    from sam2.build_sam import build_sam2
+
+    torch.set_grad_enabled(False)
+    return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", str(tiny_checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def predictor(sam2_model):
+    """Meta's ``SAM2ImagePredictor``: the reference every mask is compared with."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    return SAM2ImagePredictor(sam2_model)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    from sam2_triton.testing import photos
+
+    return photos()
