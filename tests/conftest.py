@@ -67,3 +67,33 @@ def photos():
     from sam2_triton.testing import photos
 
     return photos()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repository, tmp_path_factory):
+    """The real embedded tritonserver serving ``tiny_repository`` (CPU configs), free ports.
+
+    Attributes: ``http_url``, ``grpc_url`` ("127.0.0.1:PORT"), ``metrics_url``,
+    ``repository``, ``log_path`` and ``ready_seconds``. Stopped at the end of the session,
+    also when tests fail.
+    """
+    import subprocess
+
+    from sam2_triton.server import EmbeddedTriton, free_port
+
+    server = EmbeddedTriton(
+        repository=tiny_repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        config_name="cpu",
+        exit_timeout_s=5,
+    )
+    server.log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with open(server.log_path, "w") as log:
+        server.start(stdout=log, stderr=subprocess.STDOUT)
+        try:
+            server.ready_seconds = server.wait_ready(timeout=120)
+            yield server
+        finally:
+            server.stop()

@@ -33,8 +33,9 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from sam2_triton.models import (
     EMBED_DIM,
@@ -106,7 +107,7 @@ def load_sam2(size: ModelSize, checkpoint: str | os.PathLike) -> "SAM2Base":
 
 
 def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, "torch.Tensor"]:
-    """Return the ``"model"`` state dict of a Meta-format checkpoint, or raise :class:`UserError`."""
+    """The ``"model"`` state dict of a Meta-format checkpoint, or :class:`UserError`."""
     import pickle
     import zipfile
 

@@ -15,9 +15,9 @@ written with ``text_format``; nothing here is a string template.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -160,14 +160,20 @@ def _onnx_model_config(
 
 
 def _dims(batch: int, name: str, points: int = 1) -> str:
-    return "x".join(str(d) for d in (batch, *(points if d == -1 else d for d in TENSOR_SHAPES[name])))
+    return "x".join(
+        str(d) for d in (batch, *(points if d == -1 else d for d in TENSOR_SHAPES[name]))
+    )
 
 
 def encoder_config(params: RepositoryParams) -> mc.ModelConfig:
     """``sam2_encoder``: one image in, the three feature maps out."""
     s = params.encoder
     profile = {
-        "image": (_dims(1, "image"), _dims(s.preferred_batch_sizes[0], "image"), _dims(s.max_batch_size, "image"))
+        "image": (
+            _dims(1, "image"),
+            _dims(s.preferred_batch_sizes[0], "image"),
+            _dims(s.max_batch_size, "image"),
+        )
     }
     return _onnx_model_config(ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, s, params, profile)
 
@@ -177,7 +183,11 @@ def decoder_config(params: RepositoryParams) -> mc.ModelConfig:
     s = params.decoder
     opt = s.preferred_batch_sizes[0]
     profile = {
-        name: (_dims(1, name, 1), _dims(opt, name, 2), _dims(s.max_batch_size, name, params.max_points))
+        name: (
+            _dims(1, name, 1),
+            _dims(opt, name, 2),
+            _dims(s.max_batch_size, name, params.max_points),
+        )
         for name in DECODER_INPUTS
     }
     config = _onnx_model_config(DECODER, DECODER_INPUTS, DECODER_OUTPUTS, s, params, profile)
@@ -261,7 +271,13 @@ def write_repository_configs(
     return written
 
 
-_ONNX_TO_TRITON = {1: mc.TYPE_FP32, 10: mc.TYPE_FP16, 7: mc.TYPE_INT64, 6: mc.TYPE_INT32, 9: mc.TYPE_BOOL}
+_ONNX_TO_TRITON = {
+    1: mc.TYPE_FP32,
+    10: mc.TYPE_FP16,
+    7: mc.TYPE_INT64,
+    6: mc.TYPE_INT32,
+    9: mc.TYPE_BOOL,
+}
 
 
 def check_config_against_onnx(config: mc.ModelConfig, onnx_path: str | os.PathLike) -> list[str]:

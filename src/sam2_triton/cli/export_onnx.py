@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from sam2_triton.models import MODEL_SIZES, UserError, get_model_size
 
@@ -19,13 +19,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export SAM2.1's image encoder and prompt encoder + mask decoder to ONNX "
         "inside a Triton model repository (sam2_encoder, sam2_decoder, sam2 ensemble).",
     )
-    p.add_argument("--model", required=True, metavar="SIZE", help=f"one of {', '.join(MODEL_SIZES)}")
+    p.add_argument(
+        "--model", required=True, metavar="SIZE", help=f"one of {', '.join(MODEL_SIZES)}"
+    )
     p.add_argument(
         "--checkpoint",
         type=Path,
         help="Meta-format SAM2.1 checkpoint (default: checkpoints/<Meta's file name>)",
     )
-    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="model repository (default: %(default)s)",
+    )
     p.add_argument(
         "--only",
         choices=("encoder", "decoder"),

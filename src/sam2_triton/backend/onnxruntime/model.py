@@ -1,0 +1,209 @@
+"""A Python-based Triton backend named ``onnxruntime`` that runs ``model.onnx`` with ONNX Runtime.
+
+Why it exists: the ``tritonserver`` shipped in the ``nvidia-pytriton`` wheel has only the
+python backend. Triton maps ``platform: "onnxruntime_onnx"`` to a backend called
+``onnxruntime``; when ``<backend-directory>/onnxruntime/`` holds this ``model.py`` instead of
+``libtriton_onnxruntime.so``, Triton runs it through the python backend. So the very model
+repository served by the NGC image (with NVIDIA's C++ ONNX Runtime backend) is served here
+unchanged. ``scripts/serve_local.py`` lays out the backend directory.
+
+What it does, per model instance:
+
+* reads the model config: instance kind, the ``gpu_execution_accelerator`` list and the
+  ``intra_op_thread_count`` parameter, and picks TensorRT EP (FP16 and engine cache as the
+  config asks) → CUDA EP → CPU EP by what the installed ``onnxruntime`` offers, logging
+  its choice;
+* runs a whole dynamic batch in one ONNX Runtime call (requests are concatenated along the
+  batch dimension and the results split back), returning only the outputs each request
+  asked for;
+* answers a bad request with an ``INVALID_ARG`` error (HTTP 400) and keeps serving:
+  non-finite values, more points than the config's ``max_points``, mismatched point and
+  label counts, unknown labels.
+
+Only numpy and onnxruntime are imported: this file runs inside Triton's python stub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+VALID_LABELS = (-1.0, 0.0, 1.0, 2.0, 3.0)
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _param(config: dict, key: str, default: str = "") -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def choose_providers(config: dict, kind: str, device_id: int, log) -> list:
+    """The execution providers for this instance, best first, limited to what is installed."""
+    if kind != "GPU":
+        return ["CPUExecutionProvider"]
+    _load_cuda_libraries(log)
+    available = ort.get_available_providers()
+    providers: list = []
+    accelerators = (
+        config.get("optimization", {})
+        .get("execution_accelerators", {})
+        .get("gpu_execution_accelerator", [])
+    )
+    for acc in accelerators:
+        if acc.get("name") != "tensorrt":
+            continue
+        if "TensorrtExecutionProvider" not in available:
+            log("TensorRT requested but this onnxruntime has no TensorRT EP; using CUDA")
+            continue
+        params = acc.get("parameters", {})
+        opts = {"device_id": device_id}
+        precision = params.get("precision_mode", "FP32").upper()
+        opts["trt_fp16_enable"] = precision == "FP16"
+        opts["trt_int8_enable"] = precision == "INT8"
+        if "max_workspace_size_bytes" in params:
+            opts["trt_max_workspace_size"] = int(params["max_workspace_size_bytes"])
+        for key, value in params.items():
+            if key.startswith("trt_"):
+                is_flag = key.endswith("_enable")
+                opts[key] = value.lower() in _TRUE if is_flag else value
+        if opts.get("trt_engine_cache_path"):
+            Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        providers.append(("TensorrtExecutionProvider", opts))
+    if "CUDAExecutionProvider" in available:
+        providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    else:
+        log("instance kind is GPU but this onnxruntime has no CUDA EP; running on the CPU")
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def _load_cuda_libraries(log) -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels before the CUDA/TensorRT EP needs them."""
+    try:
+        ort.preload_dlls()
+    except Exception as e:  # noqa: BLE001 - older onnxruntime, or libraries on LD_LIBRARY_PATH
+        log(f"onnxruntime.preload_dlls() did not run ({e}); relying on LD_LIBRARY_PATH")
+
+
+class BadRequest(ValueError):
+    """A request the model cannot run; the client gets its message with INVALID_ARG."""
+
+
+class TritonPythonModel:
+    """ONNX Runtime behind Triton's python backend: one session per model instance."""
+
+    def initialize(self, args: dict) -> None:
+        self.config = json.loads(args["model_config"])
+        self.name = self.config["name"]
+        log = pb_utils.Logger.log_info
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        path = version_dir / (self.config.get("default_model_filename") or "model.onnx")
+        if not path.is_file():
+            raise pb_utils.TritonModelException(f"{self.name}: {path} not found")
+
+        kind = args.get("model_instance_kind", "CPU")
+        device_id = int(args.get("model_instance_device_id", 0) or 0)
+        providers = choose_providers(self.config, kind, device_id, log)
+        options = ort.SessionOptions()
+        threads = int(_param(self.config, "intra_op_thread_count", "0") or 0)
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # noqa: BLE001 - any load failure makes the model unavailable
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise pb_utils.TritonModelException(
+                f"{self.name}: cannot load {path}: {first}"
+            ) from None
+        log(
+            f"{self.name}: ONNX Runtime {ort.__version__} on "
+            f"{', '.join(self.session.get_providers())} ({kind} instance {device_id})"
+        )
+        self.input_names = [i["name"] for i in self.config["input"]]
+        self.output_names = [o["name"] for o in self.config["output"]]
+        self.batched = int(self.config.get("max_batch_size", 0)) > 0
+        self.max_points = int(_param(self.config, "max_points", "0") or 0)
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray]]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                inputs = self._read_inputs(request)
+            except BadRequest as e:
+                responses[i] = self._error(str(e))
+                continue
+            # Requests can be concatenated only where every non-batch dim agrees.
+            key = tuple(inputs[n].shape[1:] for n in self.input_names)
+            groups.setdefault(key, []).append((i, inputs))
+
+        for members in groups.values():
+            wanted = set()
+            for i, _ in members:
+                wanted.update(requests[i].requested_output_names() or self.output_names)
+            names = [n for n in self.output_names if n in wanted]
+            feed = {
+                n: np.concatenate([inputs[n] for _, inputs in members]) for n in self.input_names
+            }
+            try:
+                results = dict(zip(names, self.session.run(names, feed)))
+            except Exception as e:  # noqa: BLE001 - report, keep serving
+                for i, _ in members:
+                    responses[i] = self._error(f"ONNX Runtime failed: {e}", internal=True)
+                continue
+            start = 0
+            for i, inputs in members:
+                size = inputs[self.input_names[0]].shape[0]
+                asked = requests[i].requested_output_names() or self.output_names
+                tensors = [
+                    pb_utils.Tensor(n, np.ascontiguousarray(results[n][start : start + size]))
+                    for n in names
+                    if n in asked
+                ]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += size
+        return responses
+
+    def _read_inputs(self, request) -> dict[str, np.ndarray]:
+        inputs = {}
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise BadRequest(f"{self.name}: missing input '{name}'")
+            array = tensor.as_numpy()
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise BadRequest(f"{self.name}: input '{name}' contains NaN or infinite values")
+            inputs[name] = array
+        if "point_coords" in inputs:
+            self._check_points(inputs["point_coords"], inputs["point_labels"])
+        return inputs
+
+    def _check_points(self, coords: np.ndarray, labels: np.ndarray) -> None:
+        n = coords.shape[-2]
+        if labels.shape != coords.shape[:-1]:
+            raise BadRequest(
+                f"{self.name}: point_labels shape {list(labels.shape)} does not match "
+                f"point_coords shape {list(coords.shape)} (expected [B, N] for [B, N, 2])"
+            )
+        if n < 1:
+            raise BadRequest(f"{self.name}: at least one point (or a box as 2 points) is needed")
+        if self.max_points and n > self.max_points:
+            raise BadRequest(
+                f"{self.name}: {n} points per request, at most {self.max_points} are allowed"
+            )
+        if not np.isin(labels, VALID_LABELS).all():
+            raise BadRequest(
+                f"{self.name}: point_labels must be 1 (foreground), 0 (background), "
+                "2/3 (box corners) or -1 (padding)"
+            )
+
+    @staticmethod
+    def _error(message: str, internal: bool = False):
+        code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+    def finalize(self) -> None:
+        self.session = None

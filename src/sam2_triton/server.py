@@ -1,0 +1,241 @@
+"""Run the real ``tritonserver`` from the ``nvidia-pytriton`` wheel on a model repository.
+
+The wheel ships Triton 2.51 with only the python backend. We lay out a backend directory
+that holds a copy of that python backend (with the stub built for this Python) and our
+Python-based ``onnxruntime`` backend (``sam2_triton/backend/onnxruntime/model.py``), then
+start ``tritonserver`` against the unchanged model repository. What runs is the same
+server binary, HTTP/gRPC frontends, dynamic batcher, ensemble scheduler and metrics as in
+the NGC image; only the ONNX Runtime backend is ours instead of NVIDIA's C++ one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sam2_triton.model_config import ONNX_PLATFORM, read_config
+from sam2_triton.models import UserError
+
+BACKEND_SOURCE = Path(__file__).parent / "backend" / "onnxruntime" / "model.py"
+
+
+def tritonserver_dist() -> Path:
+    """The ``pytriton/tritonserver`` folder of the installed wheel, or :class:`UserError`."""
+    try:
+        import pytriton
+    except ImportError:
+        raise UserError(
+            "tritonserver is not installed: pip install 'sam2-triton[serve]' "
+            "(it comes with the nvidia-pytriton wheel)"
+        ) from None
+    dist = Path(pytriton.__file__).parent / "tritonserver"
+    if not (dist / "bin" / "tritonserver").is_file():
+        raise UserError(f"tritonserver binary not found in {dist}; reinstall nvidia-pytriton")
+    return dist
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on ``host:port`` (or it cannot be bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_repository(repository: Path, config_name: str | None) -> list[str]:
+    """Names of the models in ``repository``; :class:`UserError` for a missing ONNX file."""
+    if not repository.is_dir():
+        raise UserError(f"model repository not found: {repository}")
+    models = []
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        config_path = model_dir / "config.pbtxt"
+        if config_name and (model_dir / "configs" / f"{config_name}.pbtxt").is_file():
+            config_path = model_dir / "configs" / f"{config_name}.pbtxt"
+        if not config_path.is_file():
+            continue
+        config = read_config(config_path)
+        if config.platform == ONNX_PLATFORM or config.backend == "onnxruntime":
+            onnx = model_dir / "1" / (config.default_model_filename or "model.onnx")
+            if not onnx.is_file():
+                raise UserError(
+                    f"model {model_dir.name}: {onnx} is missing "
+                    "(export it with scripts/export_onnx.py)"
+                )
+        models.append(model_dir.name)
+    if not models:
+        raise UserError(f"no models (config.pbtxt) in {repository}")
+    return models
+
+
+@dataclass
+class EmbeddedTriton:
+    """One ``tritonserver`` process serving ``repository``.
+
+    ``config_name`` selects ``<model>/configs/<name>.pbtxt`` (Triton's
+    ``--model-config-name``), e.g. ``"cpu"`` on a machine without a GPU. ``host`` is the
+    address all three endpoints bind to; 127.0.0.1 keeps them off the network.
+    """
+
+    repository: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    config_name: str | None = None
+    host: str = "127.0.0.1"
+    log_verbose: int = 0
+    exit_on_error: bool = False
+    #: How long Triton drains in-flight requests and open connections when stopped.
+    exit_timeout_s: int = 10
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    _workdir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def prepare_backends(self, root: Path) -> Path:
+        """Lay out ``root/backends`` with the python backend and our ``onnxruntime`` one."""
+        dist = tritonserver_dist()
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise UserError(f"nvidia-pytriton has no python backend stub for Python {version}")
+        backends = root / "backends"
+        shutil.copytree(dist / "backends" / "python", backends / "python")
+        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+        (backends / "onnxruntime").mkdir(parents=True)
+        shutil.copy2(BACKEND_SOURCE, backends / "onnxruntime" / "model.py")
+        return backends
+
+    def command(self, backends: Path) -> list[str]:
+        dist = tritonserver_dist()
+        cmd = [
+            str(dist / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={dist / 'caches'}",
+            "--model-control-mode=none",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            # A model that fails to load is reported UNAVAILABLE; the others keep serving.
+            f"--exit-on-error={str(self.exit_on_error).lower()}",
+            f"--log-verbose={self.log_verbose}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+        ]
+        if self.config_name:
+            cmd.append(f"--model-config-name={self.config_name}")
+        return cmd + list(self.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        """The stub must find this interpreter's libpython and this environment's packages."""
+        env = os.environ.copy()
+        libs = [str(tritonserver_dist().parent.parent / "nvidia_pytriton.libs")]
+        libdir = sysconfig.get_config_var("LIBDIR")
+        if libdir:
+            libs.insert(0, libdir)
+        if env.get("LD_LIBRARY_PATH"):
+            libs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = ":".join(libs)
+        # The stub's embedded Python finds its prefix (and so the venv's site-packages)
+        # from the first `python3` on PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        return env
+
+    def start(self, stdout=None, stderr=None) -> "EmbeddedTriton":
+        """Check ports and repository, then start ``tritonserver`` (does not wait)."""
+        self.repository = Path(self.repository).resolve()
+        check_repository(self.repository, self.config_name)
+        for port, what in (
+            (self.http_port, "HTTP"),
+            (self.grpc_port, "gRPC"),
+            (self.metrics_port, "metrics"),
+        ):
+            if port_in_use(port, self.host):
+                raise UserError(f"{what} port {port} on {self.host} is already in use")
+        self._workdir = tempfile.TemporaryDirectory(prefix="sam2-triton-")
+        backends = self.prepare_backends(Path(self._workdir.name))
+        self.process = subprocess.Popen(
+            self.command(backends),
+            env=self.environment(),
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the server in order.
+        )
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            url = f"http://{self.http_url}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        """Wait until ``/v2/health/ready``; return the seconds it took or raise UserError."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.process is not None and self.process.poll() is not None:
+                raise UserError(f"tritonserver exited with code {self.process.returncode}")
+            if self.is_ready():
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        raise UserError(f"tritonserver not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, wait for Triton's drain, SIGKILL as a last resort; return the exit code."""
+        timeout = self.exit_timeout_s + 20 if timeout is None else timeout
+        proc, self.process = self.process, None
+        code = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+            code = proc.returncode
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+        return code
+
+    def __enter__(self) -> "EmbeddedTriton":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,185 @@
+"""The exported ONNX graphs compute what Meta's SAM2ImagePredictor computes.
+
+A seeded random-init SAM2.1 tiny (Meta's checkpoint format) is exported through the CLI
+(`tiny_repository`). The encoder gets the predictor's own transformed image, the decoder
+the predictor's own prompt tensors, so these tests isolate the graphs; the client's
+pre/post-processing is proven separately (tests/test_client_*.py). Random-init logits are
+small (|logit| < 0.5), so logits are compared, not thresholded masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_repository):
+    return ort.InferenceSession(
+        str(tiny_repository / "sam2_encoder/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_repository):
+    return ort.InferenceSession(
+        str(tiny_repository / "sam2_decoder/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+
+def set_image(predictor, encoded: dict, photo: str) -> None:
+    """Put ``photo``'s cached state back into the predictor instead of encoding it again."""
+    predictor._features, predictor._orig_hw = encoded[photo][3]
+    predictor._is_image_set = True
+
+
+@pytest.fixture(scope="module")
+def encoded(predictor, encoder, photos):
+    """Per photo: input tensor, the predictor's features, ONNX outputs, predictor state."""
+    out = {}
+    for name, image in photos.items():
+        predictor.set_image(image)
+        x = predictor._transforms(image)[None].numpy()
+        onnx = dict(zip([o.name for o in encoder.get_outputs()], encoder.run(None, {"image": x})))
+        ref = {
+            "image_embeddings": predictor._features["image_embed"].numpy(),
+            "high_res_feats_0": predictor._features["high_res_feats"][0].numpy(),
+            "high_res_feats_1": predictor._features["high_res_feats"][1].numpy(),
+        }
+        state = (dict(predictor._features), list(predictor._orig_hw))
+        out[name] = (x, ref, onnx, state)
+    return out
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "coffee", "chelsea"])
+def test_encoder_matches_predictor(encoded, photo):
+    _, ref, onnx, _ = encoded[photo]
+    for key, value in ref.items():
+        assert onnx[key].shape == value.shape, key
+        assert np.abs(onnx[key] - value).max() <= TOL, key
+
+
+def prompt_cases(h: int, w: int) -> dict[str, dict]:
+    """Prompts in original-image pixels, as a user gives them to the predictor."""
+    return {
+        "one_point": dict(point_coords=[[w * 0.5, h * 0.45]], point_labels=[1]),
+        "points_with_negative": dict(
+            point_coords=[[w * 0.3, h * 0.4], [w * 0.6, h * 0.5], [w * 0.8, h * 0.2]],
+            point_labels=[1, 1, 0],
+        ),
+        "box": dict(box=[w * 0.2, h * 0.1, w * 0.8, h * 0.9]),
+        "box_and_point": dict(
+            box=[w * 0.1, h * 0.2, w * 0.7, h * 0.95],
+            point_coords=[[w * 0.4, h * 0.5]],
+            point_labels=[0],
+        ),
+    }
+
+
+def decoder_feed(predictor, features: dict, prompt: dict, mask_input=None) -> dict:
+    """The decoder inputs the predictor builds for ``prompt`` (SAM2ImagePredictor._predict)."""
+    coords = prompt.get("point_coords")
+    labels = prompt.get("point_labels")
+    box = prompt.get("box")
+    mask, points, point_labels, box_t = predictor._prep_prompts(
+        None if coords is None else np.array(coords, np.float32),
+        None if labels is None else np.array(labels),
+        None if box is None else np.array(box, np.float32),
+        mask_input,
+        normalize_coords=True,
+    )
+    parts_xy, parts_l = [], []
+    if box_t is not None:  # box corners first, labelled 2 and 3
+        parts_xy.append(box_t.reshape(-1, 2, 2))
+        parts_l.append(torch.tensor([[2, 3]]))
+    if points is not None:
+        parts_xy.append(points)
+        parts_l.append(point_labels)
+    feed = dict(features)
+    feed["point_coords"] = torch.cat(parts_xy, dim=1).numpy().astype(np.float32)
+    feed["point_labels"] = torch.cat(parts_l, dim=1).numpy().astype(np.float32)
+    if mask is None:
+        feed["mask_input"] = np.zeros((1, 1, 256, 256), np.float32)
+        feed["has_mask_input"] = np.zeros((1, 1), np.float32)
+    else:
+        feed["mask_input"] = mask.numpy().astype(np.float32)
+        feed["has_mask_input"] = np.ones((1, 1), np.float32)
+    return feed
+
+
+def reference(predictor, prompt: dict, multimask: bool, mask_input=None):
+    """The predictor's low-res logits and IoU predictions (``predict`` on the set image)."""
+    kw = {k: np.array(v) for k, v in prompt.items()}
+    _, iou, low_res = predictor.predict(
+        **kw, mask_input=mask_input, multimask_output=multimask, return_logits=True
+    )
+    return low_res, iou
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "coffee", "chelsea"])
+@pytest.mark.parametrize("case", list(prompt_cases(1, 1)))
+@pytest.mark.parametrize("multimask", [False, True])
+def test_decoder_matches_predictor(predictor, decoder, encoded, photos, photo, case, multimask):
+    image = photos[photo]
+    set_image(predictor, encoded, photo)
+    ref_feats = encoded[photo][1]
+    prompt = prompt_cases(*image.shape[:2])[case]
+    feed = decoder_feed(predictor, ref_feats, prompt)
+    masks, iou, multi_masks, multi_iou = decoder.run(None, feed)
+    ref_masks, ref_iou = reference(predictor, prompt, multimask)
+    got_masks, got_iou = (multi_masks[0], multi_iou[0]) if multimask else (masks[0], iou[0])
+    assert got_masks.shape == ref_masks.shape
+    assert np.abs(got_masks - ref_masks).max() <= TOL
+    assert np.abs(got_iou - ref_iou).max() <= TOL
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "chelsea"])
+def test_decoder_refines_with_previous_mask(predictor, decoder, encoded, photos, photo):
+    image = photos[photo]
+    set_image(predictor, encoded, photo)
+    ref_feats = encoded[photo][1]
+    first = prompt_cases(*image.shape[:2])["one_point"]
+    _, scores, low_res = predictor.predict(
+        **{k: np.array(v) for k, v in first.items()}, multimask_output=True
+    )
+    previous = low_res[np.argmax(scores)][None]  # [1, 256, 256], clamped by the predictor
+    second = prompt_cases(*image.shape[:2])["points_with_negative"]
+    feed = decoder_feed(predictor, ref_feats, second, mask_input=previous)
+    masks, iou, _, _ = decoder.run(None, feed)
+    ref_masks, ref_iou = reference(predictor, second, False, mask_input=previous)
+    assert np.abs(masks[0] - ref_masks).max() <= TOL
+    assert np.abs(iou[0] - ref_iou).max() <= TOL
+    # The mask prompt is really used: without it the logits differ.
+    feed["has_mask_input"][:] = 0
+    assert np.abs(decoder.run(["masks"], feed)[0][0] - masks[0]).max() > 10 * TOL
+
+
+def test_batch_of_two_equals_two_single_runs(encoder, decoder, encoded, predictor, photos):
+    x = np.concatenate([encoded["astronaut"][0], encoded["coffee"][0]])
+    batched = encoder.run(None, {"image": x})
+    for i, name in enumerate(["astronaut", "coffee"]):
+        single = encoded[name][2]
+        for out, key in zip(batched, ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]):
+            assert np.abs(out[i] - single[key]).max() <= 1e-4
+
+    feeds = []
+    for name in ["astronaut", "coffee"]:
+        set_image(predictor, encoded, name)
+        prompt = prompt_cases(*photos[name].shape[:2])["points_with_negative"]
+        feeds.append(decoder_feed(predictor, encoded[name][1], prompt))
+    both = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+    out = decoder.run(None, both)
+    for i, feed in enumerate(feeds):
+        for got, single in zip(out, decoder.run(None, feed)):
+            assert np.abs(got[i] - single[0]).max() <= 1e-4
+
+
+def test_graphs_pass_onnx_checker(tiny_repository):
+    import onnx
+
+    for model in ("sam2_encoder", "sam2_decoder"):
+        onnx.checker.check_model(str(tiny_repository / model / "1" / "model.onnx"), full_check=True)
