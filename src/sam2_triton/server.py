@@ -176,6 +176,7 @@ class EmbeddedTriton:
 
     def start(self, stdout=None, stderr=None) -> "EmbeddedTriton":
         """Check ports and repository, then start ``tritonserver`` (does not wait)."""
+        tritonserver_dist()
         self.repository = Path(self.repository).resolve()
         check_repository(self.repository, self.config_name)
         for port, what in (
