@@ -264,12 +264,26 @@ def example_decoder_inputs(batch: int = 1, num_points: int = 2) -> tuple["torch.
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(final)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_partials(final: Path) -> None:
+    """Delete partial files a killed writer of ``final`` left behind (its pid is gone)."""
+    for partial in final.parent.glob(f".{final.name}.*.partial"):
+        try:
+            os.kill(int(partial.name.rsplit(".", 2)[-2]), 0)
+        except ValueError:
+            continue  # not one of ours
+        except ProcessLookupError:
+            partial.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
