@@ -10,6 +10,7 @@ the NGC image; only the ONNX Runtime backend is ours instead of NVIDIA's C++ one
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -106,6 +107,8 @@ class EmbeddedTriton:
     exit_on_error: bool = False
     #: How long Triton drains in-flight requests and open connections when stopped.
     exit_timeout_s: int = 10
+    #: Refuse to start when an ONNX model's file is missing (off: let Triton report it).
+    precheck: bool = True
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     _workdir: tempfile.TemporaryDirectory | None = None
@@ -178,7 +181,8 @@ class EmbeddedTriton:
         """Check ports and repository, then start ``tritonserver`` (does not wait)."""
         tritonserver_dist()
         self.repository = Path(self.repository).resolve()
-        check_repository(self.repository, self.config_name)
+        if self.precheck:
+            check_repository(self.repository, self.config_name)
         for port, what in (
             (self.http_port, "HTTP"),
             (self.grpc_port, "gRPC"),
@@ -205,14 +209,45 @@ class EmbeddedTriton:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout: float = 120) -> float:
-        """Wait until ``/v2/health/ready``; return the seconds it took or raise UserError."""
+    def model_states(self) -> dict[str, tuple[str, str]]:
+        """``{model: (state, reason)}`` from Triton's repository index (empty if unreachable)."""
+        url = f"http://{self.http_url}/v2/repository/index"
+        try:
+            req = urllib.request.Request(url, data=b"{}", method="POST")
+            with urllib.request.urlopen(req, timeout=2) as r:
+                index = json.load(r)
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
+        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in index}
+
+    def unavailable_models(self) -> dict[str, str]:
+        """Models Triton could not load, with the first line of its reason."""
+        return {
+            name: reason.strip().splitlines()[0] if reason.strip() else "failed to load"
+            for name, (state, reason) in self.model_states().items()
+            if state == "UNAVAILABLE"
+        }
+
+    def wait_ready(self, timeout: float = 120, allow_unavailable: bool = False) -> float:
+        """Wait until ``/v2/health/ready``; return the seconds it took or raise UserError.
+
+        With ``allow_unavailable``, also return once every model has finished loading and
+        some failed (see :meth:`unavailable_models`): the others are served.
+        """
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.process is not None and self.process.poll() is not None:
                 raise UserError(f"tritonserver exited with code {self.process.returncode}")
             if self.is_ready():
                 return time.monotonic() - t0
+            if allow_unavailable:
+                # Settled: a load failed and nothing is loading any more. A model with no
+                # state is an ensemble Triton never loaded because a step failed.
+                states = [state for state, _ in self.model_states().values()]
+                if "UNAVAILABLE" in states and all(
+                    s in ("READY", "UNAVAILABLE", "") for s in states
+                ):
+                    return time.monotonic() - t0
             time.sleep(0.2)
         raise UserError(f"tritonserver not ready after {timeout:.0f} s")
 

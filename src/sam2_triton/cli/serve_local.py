@@ -74,9 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     server.start()
     try:
-        seconds = server.wait_ready(args.ready_timeout)
+        seconds = server.wait_ready(args.ready_timeout, allow_unavailable=True)
+        # A model that failed to load is reported, and the others keep serving.
+        for model, reason in server.unavailable_models().items():
+            print(f"warning: model {model} is unavailable: {reason}", file=sys.stderr)
         print(
-            f"sam2-triton ready in {seconds:.1f} s: HTTP {server.http_url}, "
+            f"sam2-triton serving in {seconds:.1f} s: HTTP {server.http_url}, "
             f"gRPC {server.grpc_url}, metrics {server.metrics_url}",
             flush=True,
         )

@@ -102,7 +102,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         path = version_dir / (self.config.get("default_model_filename") or "model.onnx")
         if not path.is_file():
-            raise pb_utils.TritonModelException(f"{self.name}: {path} not found")
+            raise pb_utils.TritonModelException(f"{self.name}: cannot load {path}: file not found")
 
         kind = args.get("model_instance_kind", "CPU")
         device_id = int(args.get("model_instance_device_id", 0) or 0)
