@@ -107,9 +107,12 @@ def load_sam2(size: ModelSize, checkpoint: str | os.PathLike) -> "SAM2Base":
 
 
 def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, "torch.Tensor"]:
-    """The ``"model"`` state dict of a Meta-format checkpoint, or :class:`UserError`."""
-    import pickle
-    import zipfile
+    """The ``"model"`` state dict of a Meta-format checkpoint, or :class:`UserError`.
+
+    Loaded with ``weights_only=True``: a file that needs arbitrary unpickling is refused,
+    never executed.
+    """
+    import warnings
 
     import torch
 
@@ -117,10 +120,17 @@ def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, "torch.Tensor"]:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is not a readable PyTorch file: {first_line}") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about odd pickle protocols
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds on a damaged file
+        # torch's own message suggests weights_only=False, which would run the file's code.
+        raise UserError(
+            f"checkpoint {path} is not a PyTorch checkpoint (corrupt, truncated or another "
+            f"format: {type(e).__name__})"
+        ) from e
     if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
         raise UserError(f"checkpoint {path} is not in Meta's SAM2 format ({{'model': state_dict}})")
     return loaded["model"]
