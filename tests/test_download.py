@@ -247,7 +247,7 @@ def test_stalled_transfer_times_out_and_keeps_partial(server, tmp_path):
 def test_corrupt_download_is_rejected_and_deleted(server, tmp_path, body):
     server.files[TINY] = body
     line = error_line(download(server, tmp_path))
-    assert f"{server.url}/{TINY}" in line and "not a readable PyTorch file" in line, line
+    assert f"{server.url}/{TINY}" in line and "is not a PyTorch checkpoint" in line, line
     assert files_in(tmp_path) == []
 
 
@@ -277,7 +277,7 @@ def test_verified_file_is_not_downloaded_again(server, tiny_checkpoint, tmp_path
 def test_existing_corrupt_file_is_refused(server, tmp_path):
     (tmp_path / TINY).write_bytes(b"not a checkpoint")
     line = error_line(download(server, tmp_path))
-    assert "not a readable PyTorch file" in line and "delete it" in line, line
+    assert "is not a PyTorch checkpoint" in line and "delete it" in line, line
     assert server.requests == []
     assert (tmp_path / TINY).read_bytes() == b"not a checkpoint"
 
