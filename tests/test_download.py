@@ -34,6 +34,7 @@ class ServerState:
     drop_after: int | None = None  # close the connection after this many body bytes
     stall: bool = False  # with drop_after: go silent instead of closing
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
+    authorization: list[str | None] = field(default_factory=list)  # Authorization headers
     release: threading.Event = field(default_factory=threading.Event)  # ends a stall
     url: str = ""  # base URL to pass as --base-url
 
@@ -49,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
         name = self.path.lstrip("/")
         range_header = self.headers.get("Range")
         state.requests.append((name, range_header))
+        state.authorization.append(self.headers.get("Authorization"))
         if state.status is not None:
             self.send_error(state.status)
             return
@@ -306,3 +308,27 @@ def test_unknown_model(tmp_path):
     line = error_line(proc)
     assert "huge" in line and "tiny" in line, line
     assert files_in(tmp_path) == []
+
+
+def test_credentials_in_mirror_url_never_printed(server, source, tmp_path):
+    """A mirror's user:password goes out as Basic auth and never into a message."""
+    url = server.url.replace("http://", "http://mirror-user:s3cr3t-token@")
+    args = ("--model", "tiny", "--dest", tmp_path, "--base-url", url)
+    ok = run_script("download_checkpoints.py", *args, check=False, env=direct_env())
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / TINY).read_bytes() == source
+    assert server.authorization[-1] and server.authorization[-1].startswith("Basic ")
+
+    server.status = 403
+    failed = run_script(
+        "download_checkpoints.py",
+        *args[:3],
+        tmp_path / "other",
+        *args[4:],
+        check=False,
+        env=direct_env(),
+    )
+    line = error_line(failed)
+    assert "403" in line
+    for proc in (ok, failed):
+        assert "s3cr3t-token" not in proc.stdout + proc.stderr

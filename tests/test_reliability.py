@@ -320,3 +320,59 @@ def test_interrupted_export_leaves_no_model_and_rerun_completes(tiny_checkpoint,
     for model in ("sam2_encoder", "sam2_decoder"):
         onnx.checker.check_model(str(repo / model / "1" / "model.onnx"))
     assert not list(repo.rglob("*.partial")), "stale partial files left behind"
+
+
+# --- safe defaults --------------------------------------------------------------------------
+
+
+class _Exploit:
+    """Unpickling this runs a shell command: what a booby-trapped checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": {"x": torch.zeros(1)}, "payload": _Exploit(marker)}, checkpoint)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "export_onnx.py"), "--model", "tiny"]
+        + ["--checkpoint", str(checkpoint), "--repository", str(tmp_path / "repo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "is not a PyTorch checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert not (tmp_path / "repo").exists()
+
+
+def test_every_model_config_bounds_its_queue_and_points():
+    from sam2_triton.model_config import MAX_POINTS, repository_configs
+
+    for path, config in repository_configs().items():
+        if config.platform == "ensemble":
+            continue
+        policy = config.dynamic_batching.default_queue_policy
+        assert 0 < policy.max_queue_size <= 1024, path
+        if config.name == "sam2_decoder":
+            assert config.parameters["max_points"].string_value == str(MAX_POINTS), path
+
+
+def test_embedded_server_defaults_are_local_and_static(tiny_repository):
+    from sam2_triton.cli.serve_local import build_parser
+
+    args = build_parser().parse_args([])
+    assert args.host == "127.0.0.1"
+    server = EmbeddedTriton(tiny_repository)
+    command = server.command(Path("/nonexistent/backends"))
+    assert "--model-control-mode=none" in command
+    for flag in ("--http-address", "--grpc-address", "--metrics-address"):
+        assert f"{flag}=127.0.0.1" in command

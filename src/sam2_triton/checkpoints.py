@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sam2_triton.export import check_state_dict, read_checkpoint
 from sam2_triton.models import CHECKPOINT_BASE_URL, ModelSize, UserError
@@ -94,9 +94,9 @@ def download_checkpoint(
     dest_dir = Path(dest_dir)
     final = dest_dir / size.checkpoint_file
     partial = partial_path(final)
-    url = checkpoint_url(size, base_url)
+    url, auth = split_credentials(checkpoint_url(size, base_url))
     if urlsplit(url).scheme not in ("http", "https"):
-        raise UserError(f"base URL {base_url!r} is not an http:// or https:// URL")
+        raise UserError(f"base URL {split_credentials(base_url)[0]!r} is not an http(s) URL")
 
     if final.exists():
         if not verify:
@@ -110,6 +110,7 @@ def download_checkpoint(
         return final
 
     with requests.Session() as session:
+        session.auth = auth
         _fetch(session, url, partial, timeout, progress)
 
     if verify:
@@ -121,6 +122,19 @@ def download_checkpoint(
     os.replace(partial, final)
     _say(f"saved {final} ({final.stat().st_size / 2**20:.1f} MiB)")
     return final
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without ``user:password@`` and those credentials for HTTP Basic auth.
+
+    A mirror may need credentials in its URL; taking them out before anything is printed
+    keeps them out of every message and log line.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), auth
 
 
 def _say(message: str) -> None:

@@ -51,12 +51,18 @@ HEADER = (
 
 @dataclass(frozen=True)
 class ModelServing:
-    """How Triton schedules one model: batching, queueing and instances."""
+    """How Triton schedules one model: batching, queueing and instances.
+
+    ``max_queue_size`` bounds the requests waiting for an instance: past it Triton answers
+    at once with an "exceeds maximum queue size" error (HTTP 503, gRPC UNAVAILABLE) instead of
+    letting memory and latency grow without limit under overload.
+    """
 
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
     instance_count: int
+    max_queue_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,10 @@ class RepositoryParams:
     precision: str = "FP16"
     # The encoder is compute-bound: small preferred batches and a short wait are enough
     # to fill the GPU without adding much latency to a lone request.
-    encoder: ModelServing = ModelServing(8, (4, 8), 2000, 1)
+    encoder: ModelServing = ModelServing(8, (4, 8), 2000, 1, max_queue_size=64)
     # The decoder does little work per request, so batching many is where throughput
     # comes from; two instances overlap one batch's copies with another's compute.
-    decoder: ModelServing = ModelServing(64, (16, 32, 64), 500, 2)
+    decoder: ModelServing = ModelServing(64, (16, 32, 64), 500, 2, max_queue_size=1024)
     max_points: int = MAX_POINTS
     trt_cache_dir: str = "/trt_cache"
     trt_workspace_bytes: int = 4 << 30
@@ -102,8 +108,8 @@ class RepositoryParams:
             model_size=model_size,
             device="cpu",
             precision="FP32",
-            encoder=ModelServing(4, (2, 4), 5000, 1),
-            decoder=ModelServing(16, (4, 8, 16), 1000, 1),
+            encoder=ModelServing(4, (2, 4), 5000, 1, max_queue_size=64),
+            decoder=ModelServing(16, (4, 8, 16), 1000, 1, max_queue_size=512),
         )
 
 
@@ -129,6 +135,7 @@ def _onnx_model_config(
         dynamic_batching=mc.ModelDynamicBatching(
             preferred_batch_size=list(serving.preferred_batch_sizes),
             max_queue_delay_microseconds=serving.max_queue_delay_us,
+            default_queue_policy=mc.ModelQueuePolicy(max_queue_size=serving.max_queue_size),
         ),
         instance_group=[
             mc.ModelInstanceGroup(
