@@ -9,6 +9,10 @@ constraints=${2:-}
 c=()
 [ -n "$constraints" ] && c=(-c "$constraints")
 
+# Some machines' pip configuration lists package folders that do not exist; pip then
+# prints one "WARNING: Location ... is ignored" per package. Drop only those lines.
+pip() { command pip "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 . "$venv/bin/activate"
 pip install -q --upgrade pip
