@@ -1,0 +1,43 @@
+"""Client library: SAM2.1 masks from a Triton server, equal to Meta's ``SAM2ImagePredictor``.
+
+No torch: numpy, Pillow, OpenCV and tritonclient only.
+
+* :func:`load_image` — any image file → ``[H, W, 3]`` uint8 RGB, upright.
+* :class:`Sam2Transforms` — Meta's image/prompt/mask transforms in numpy.
+* :class:`Sam2Client` — encode an image once (LRU-cached), decode many prompt sets over
+  HTTP or gRPC, optionally through system shared memory.
+* :class:`Sam2Pipeline` + :class:`OnnxRuntimeBackend` — the same logic on the ONNX files
+  in-process (offline use, tests).
+"""
+
+from sam2_triton.client.client import Sam2Client
+from sam2_triton.client.images import as_rgb, load_image
+from sam2_triton.client.local import OnnxRuntimeBackend
+from sam2_triton.client.pipeline import (
+    Backend,
+    ImageEmbedding,
+    Prediction,
+    Sam2Pipeline,
+    image_key,
+)
+from sam2_triton.client.prompts import Prompt, make_prompt
+from sam2_triton.client.transforms import Sam2Transforms
+from sam2_triton.client.triton import TritonBackend
+from sam2_triton.models import UserError
+
+__all__ = [
+    "Backend",
+    "ImageEmbedding",
+    "OnnxRuntimeBackend",
+    "Prediction",
+    "Prompt",
+    "Sam2Client",
+    "Sam2Pipeline",
+    "Sam2Transforms",
+    "TritonBackend",
+    "UserError",
+    "as_rgb",
+    "image_key",
+    "load_image",
+    "make_prompt",
+]

@@ -1,0 +1,72 @@
+"""``Sam2Client``: SAM2.1 segmentation from a Triton server, as Meta's predictor does it.
+
+>>> from sam2_triton.client import Sam2Client, load_image
+>>> with Sam2Client("localhost:8000") as client:          # doctest: +SKIP
+...     client.wait_until_ready(timeout=60)
+...     embedding = client.encode_image(load_image("photo.jpg"))
+...     pred = client.decode(embedding, points=[[500, 375]], labels=[1])
+...     pred.masks.shape                                     # (1, H, W) bool
+...     refined = client.decode(embedding, points=[[500, 375], [300, 200]], labels=[1, 0],
+...                             mask_input=pred.low_res_logits[0])
+"""
+
+from __future__ import annotations
+
+from sam2_triton.client.pipeline import Sam2Pipeline
+from sam2_triton.client.transforms import Sam2Transforms
+from sam2_triton.client.triton import TritonBackend
+from sam2_triton.model_config import DECODER, ENCODER
+
+
+class Sam2Client(Sam2Pipeline):
+    """A :class:`Sam2Pipeline` whose networks run on the Triton server at ``url``.
+
+    ``url`` is ``HOST:PORT`` of the HTTP (``protocol="http"``, port 8000 by default) or gRPC
+    (``"grpc"``, 8001) endpoint. ``shared_memory=True`` keeps the image and the embeddings in
+    system shared memory registered with the server (client and server on one host): decode
+    requests then carry only the prompts. ``cache_size`` embeddings are kept (LRU, keyed by
+    the image's pixels). Use as a context manager, or call :meth:`close`, to free the
+    connection and unregister the shared memory. Errors a user can fix are
+    :class:`~sam2_triton.models.UserError`.
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        protocol: str = "http",
+        *,
+        shared_memory: bool = False,
+        cache_size: int = 8,
+        timeout_s: float = 120.0,
+        encoder_model: str = ENCODER,
+        decoder_model: str = DECODER,
+        verbose: bool = False,
+    ) -> None:
+        backend = TritonBackend(
+            url,
+            protocol,
+            shared_memory=shared_memory,
+            timeout_s=timeout_s,
+            encoder_model=encoder_model,
+            decoder_model=decoder_model,
+            verbose=verbose,
+        )
+        super().__init__(backend=backend, cache_size=cache_size, transforms=Sam2Transforms())
+        self.triton: TritonBackend = backend
+
+    @property
+    def url(self) -> str:
+        return self.triton.url
+
+    @property
+    def protocol(self) -> str:
+        return self.triton.protocol
+
+    def check_ready(self) -> None:
+        """Raise :class:`UserError` unless the server and ``sam2_encoder``/``sam2_decoder`` are
+        ready (the message names the model that is not, with the server's reason)."""
+        self.triton.check_ready()
+
+    def wait_until_ready(self, timeout: float = 60.0) -> float:
+        """Wait up to ``timeout`` seconds for the server and both models; seconds waited."""
+        return self.triton.wait_until_ready(timeout)

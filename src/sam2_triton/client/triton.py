@@ -1,0 +1,374 @@
+"""The transport: ``sam2_encoder`` and ``sam2_decoder`` on a Triton server, via tritonclient.
+
+HTTP (binary tensor extension) or gRPC. With ``shared_memory=True`` (client and server on
+one host) the image and the encoder's 16 MB of feature maps stay in POSIX shared memory
+regions registered with the server: encode requests write their outputs there and decode
+requests point the decoder's inputs at them, so only prompts and masks cross the socket.
+
+Every failure a user can act on (server down, model not loaded, request rejected) becomes a
+one-line :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from sam2_triton.export import ENCODER_OUTPUTS, TENSOR_SHAPES
+from sam2_triton.model_config import DECODER, ENCODER, MAX_POINTS
+from sam2_triton.models import UserError
+
+T = TypeVar("T")
+
+PROTOCOLS = ("http", "grpc")
+_URL = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+_counter = itertools.count()
+
+
+def parse_url(url: str) -> str:
+    """Check a ``HOST:PORT`` address (no scheme) and return it; :class:`UserError` if malformed."""
+    url = url.strip()
+    m = _URL.match(url)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        hint = " (without http:// or grpc://)" if "://" in url else ""
+        raise UserError(f"server address must be HOST:PORT{hint}, got {url!r}")
+    return url
+
+
+def _message(e: BaseException) -> str:
+    """One line describing a tritonclient / socket error."""
+    text = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+    text = (text or type(e).__name__).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _byte_size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape)) * 4
+
+
+def _batched(name: str) -> tuple[int, ...]:
+    return (1, *TENSOR_SHAPES[name])
+
+
+class SharedRegion:
+    """One system shared memory region, created here and registered with the server."""
+
+    def __init__(self, backend: TritonBackend, purpose: str, byte_size: int) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self.name = f"sam2_{os.getpid()}_{next(_counter)}_{purpose}"
+        self.key = f"/{self.name}_{uuid.uuid4().hex[:8]}"
+        self.byte_size = byte_size
+        self._backend = backend
+        self.handle = shm.create_shared_memory_region(self.name, self.key, byte_size)
+        try:
+            backend._call(
+                f"registering shared memory {self.name}",
+                backend.client.register_system_shared_memory,
+                self.name,
+                self.key,
+                byte_size,
+            )
+        except UserError as e:
+            shm.destroy_shared_memory_region(self.handle)
+            self.handle = None
+            raise UserError(
+                f"{e} (shared memory needs the client and the server on one host, sharing "
+                "/dev/shm)"
+            ) from None
+
+    def destroy(self) -> None:
+        """Unregister from the server (best effort) and free the region."""
+        import tritonclient.utils.shared_memory as shm
+
+        if self.handle is None:
+            return
+        # The server may be gone already; the region is ours to free anyway.
+        with contextlib.suppress(Exception):
+            self._backend.client.unregister_system_shared_memory(self.name)
+        shm.destroy_shared_memory_region(self.handle)
+        self.handle = None
+
+
+class SharedFeatures:
+    """The three encoder outputs of one image inside a registered shared memory region."""
+
+    def __init__(self, backend: TritonBackend) -> None:
+        self.layout: dict[str, tuple[int, tuple[int, ...]]] = {}
+        offset = 0
+        for name in ENCODER_OUTPUTS:
+            shape = _batched(name)
+            self.layout[name] = (offset, shape)
+            offset += _byte_size(shape)
+        self.region = SharedRegion(backend, "features", offset)
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """Copies of the feature maps (``[1, C, S, S]`` float32)."""
+        import tritonclient.utils.shared_memory as shm
+
+        if self.region.handle is None:
+            raise UserError("this embedding's shared memory was freed (the client was closed)")
+        return {
+            name: np.array(shm.get_contents_as_numpy(self.region.handle, np.float32, shape, off))
+            for name, (off, shape) in self.layout.items()
+        }
+
+
+class TritonBackend:
+    """``sam2_encoder`` + ``sam2_decoder`` on the Triton server at ``url`` (``HOST:PORT``).
+
+    Nothing is contacted until the first call. ``timeout_s`` bounds each request.
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        protocol: str = "http",
+        *,
+        shared_memory: bool = False,
+        timeout_s: float = 120.0,
+        encoder_model: str = ENCODER,
+        decoder_model: str = DECODER,
+        verbose: bool = False,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        self.url = parse_url(url)
+        self.protocol = protocol
+        self.shared_memory = shared_memory
+        self.timeout_s = timeout_s
+        self.encoder_model = encoder_model
+        self.decoder_model = decoder_model
+        self.max_points = MAX_POINTS
+        self._lock = threading.RLock()  # tritonclient's HTTP client is not thread-safe
+        self._features: list[SharedFeatures] = []
+        self._image_region: SharedRegion | None = None
+        if protocol == "http":
+            import tritonclient.http as module
+
+            self.client = module.InferenceServerClient(
+                self.url,
+                verbose=verbose,
+                connection_timeout=min(timeout_s, 10.0),
+                network_timeout=timeout_s,
+            )
+        else:
+            import tritonclient.grpc as module
+
+            self.client = module.InferenceServerClient(self.url, verbose=verbose)
+        self.module = module
+        self._closed = False
+
+    # --- errors ------------------------------------------------------------------------------
+
+    def _call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``; tritonclient and socket errors become one-line UserErrors."""
+        from tritonclient.utils import InferenceServerException
+
+        if self._closed:
+            raise UserError("the client is closed")
+        if self.protocol == "grpc":
+            kwargs.setdefault("client_timeout", self.timeout_s)
+        try:
+            with self._lock:
+                return fn(*args, **kwargs)
+        except InferenceServerException as e:
+            status = str(e.status() or "")
+            if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status:
+                raise UserError(self._unreachable(_message(e))) from None
+            raise UserError(f"{action} failed on {self.url}: {_message(e)}") from None
+        except (OSError, TimeoutError) as e:
+            raise UserError(self._unreachable(_message(e) or type(e).__name__)) from None
+        except Exception as e:
+            # geventhttpclient's timeouts and protocol errors have no common base class.
+            module = type(e).__module__ or ""
+            if module.startswith(("gevent", "geventhttpclient", "http.client")):
+                raise UserError(self._unreachable(_message(e) or type(e).__name__)) from None
+            raise
+
+    def _unreachable(self, reason: str) -> str:
+        return (
+            f"cannot reach the Triton server at {self.url} over {self.protocol.upper()}: "
+            f"{reason} (is it running? is this its {self.protocol.upper()} port?)"
+        )
+
+    # --- readiness ---------------------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        """:class:`UserError` unless the server and both models are ready; reads max_points."""
+        if not self._call("server readiness check", self.client.is_server_live):
+            raise UserError(f"the Triton server at {self.url} is not live")
+        for model in (self.encoder_model, self.decoder_model):
+            if not self._call(f"readiness check of {model}", self.client.is_model_ready, model):
+                raise UserError(f"model {model} is not ready on {self.url}: {self._why(model)}")
+        self._read_max_points()
+
+    def _why(self, model: str) -> str:
+        """The repository index's state and reason for ``model``."""
+        try:
+            if self.protocol == "grpc":
+                index = self._call("index", self.client.get_model_repository_index, as_json=True)
+                index = index.get("models", [])
+            else:
+                index = self._call("index", self.client.get_model_repository_index)
+        except UserError:
+            return "unknown state"
+        for entry in index:
+            if entry.get("name") == model:
+                state = entry.get("state") or "not loaded"
+                reason = entry.get("reason") or ""
+                return f"{state}{': ' + reason.splitlines()[0] if reason else ''}"
+        return "no such model in the server's repository"
+
+    def _read_max_points(self) -> None:
+        kw = {"as_json": True} if self.protocol == "grpc" else {}
+        config = self._call("config", self.client.get_model_config, self.decoder_model, **kw)
+        config = config.get("config", config)
+        value = config.get("parameters", {}).get("max_points", {})
+        value = value.get("string_value", value.get("stringValue"))
+        if value and str(value).isdigit():
+            self.max_points = int(value)
+
+    def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.5) -> float:
+        """Poll until the server and both models are ready; seconds waited, or UserError."""
+        start = time.monotonic()
+        while True:
+            try:
+                self.check_ready()
+                return time.monotonic() - start
+            except UserError as e:
+                if time.monotonic() - start + interval > timeout:
+                    raise UserError(f"{e} (waited {timeout:g} s)") from None
+            time.sleep(interval)
+
+    # --- inference ---------------------------------------------------------------------------
+
+    def _input(self, name: str, value: np.ndarray):
+        t = self.module.InferInput(name, list(value.shape), "FP32")
+        value = np.ascontiguousarray(value, np.float32)
+        if self.protocol == "http":
+            t.set_data_from_numpy(value, binary_data=True)
+        else:
+            t.set_data_from_numpy(value)
+        return t
+
+    def _output(self, name: str):
+        if self.protocol == "http":
+            return self.module.InferRequestedOutput(name, binary_data=True)
+        return self.module.InferRequestedOutput(name)
+
+    def encode(self, image: np.ndarray) -> dict[str, np.ndarray] | SharedFeatures:
+        """``image`` ``[1, 3, 1024, 1024]`` float32 → the three feature maps (or their region)."""
+        if not self.shared_memory:
+            result = self._call(
+                f"inference of {self.encoder_model}",
+                self.client.infer,
+                self.encoder_model,
+                [self._input("image", image)],
+                outputs=[self._output(n) for n in ENCODER_OUTPUTS],
+            )
+            return {n: result.as_numpy(n) for n in ENCODER_OUTPUTS}
+
+        import tritonclient.utils.shared_memory as shm
+
+        with self._lock:
+            if self._image_region is None:
+                self._image_region = SharedRegion(self, "image", _byte_size(_batched("image")))
+            image_region = self._image_region
+            features = SharedFeatures(self)
+            try:
+                shm.set_shared_memory_region(
+                    image_region.handle, [np.ascontiguousarray(image, np.float32)]
+                )
+                inp = self.module.InferInput("image", list(image.shape), "FP32")
+                inp.set_shared_memory(image_region.name, image_region.byte_size)
+                outputs = []
+                for name, (offset, shape) in features.layout.items():
+                    out = self._output(name)
+                    out.set_shared_memory(features.region.name, _byte_size(shape), offset)
+                    outputs.append(out)
+                self._call(
+                    f"inference of {self.encoder_model}",
+                    self.client.infer,
+                    self.encoder_model,
+                    [inp],
+                    outputs=outputs,
+                )
+            except BaseException:
+                features.region.destroy()
+                raise
+            self._features.append(features)
+        return features
+
+    def decode(
+        self,
+        features: Mapping[str, np.ndarray] | SharedFeatures,
+        prompts: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        """Decoder ``outputs`` for ``features`` + ``prompts``; only ``outputs`` are sent back."""
+        inputs = []
+        if isinstance(features, SharedFeatures):
+            if features.region.handle is None:
+                raise UserError("this embedding's shared memory was freed (the client was closed)")
+            for name, (offset, shape) in features.layout.items():
+                t = self.module.InferInput(name, list(shape), "FP32")
+                t.set_shared_memory(features.region.name, _byte_size(shape), offset)
+                inputs.append(t)
+        else:
+            inputs += [self._input(name, features[name]) for name in ENCODER_OUTPUTS]
+        inputs += [self._input(name, value) for name, value in prompts.items()]
+        result = self._call(
+            f"inference of {self.decoder_model}",
+            self.client.infer,
+            self.decoder_model,
+            inputs,
+            outputs=[self._output(n) for n in outputs],
+        )
+        return {n: result.as_numpy(n) for n in outputs}
+
+    # --- clean-up ----------------------------------------------------------------------------
+
+    def release(
+        self, features: Mapping[str, np.ndarray] | SharedFeatures, keep: bool
+    ) -> dict[str, np.ndarray] | None:
+        """Free an evicted embedding's shared memory; with ``keep``, return array copies."""
+        if not isinstance(features, SharedFeatures):
+            return None
+        with self._lock:
+            copies = features.numpy() if keep and features.region.handle is not None else None
+            features.region.destroy()
+            if features in self._features:
+                self._features.remove(features)
+        return copies
+
+    def shared_memory_regions(self) -> list[str]:
+        """Names of the regions this client has registered now."""
+        regions = [f.region for f in self._features]
+        if self._image_region is not None:
+            regions.append(self._image_region)
+        return [r.name for r in regions if r.handle is not None]
+
+    def close(self) -> None:
+        """Unregister and free all shared memory, close the connection. Idempotent."""
+        if self._closed:
+            return
+        with self._lock:
+            for features in self._features:
+                features.region.destroy()
+            self._features.clear()
+            if self._image_region is not None:
+                self._image_region.destroy()
+                self._image_region = None
+            self._closed = True
+            with contextlib.suppress(Exception):  # a dead connection must not mask errors
+                self.client.close()
