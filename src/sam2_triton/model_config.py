@@ -160,6 +160,11 @@ def _onnx_model_config(
                 trt.parameters[f"trt_profile_{key}_shapes"] = ",".join(
                     f"{tensor}:{shapes[i]}" for tensor, shapes in trt_profile.items()
                 )
+    if params.device == "gpu":
+        # For Triton's python backend only (the embedded server): accept inputs that are
+        # already on the GPU, as the encoder's outputs are inside the sam2 ensemble.
+        # NVIDIA's ONNX Runtime backend ignores the key.
+        config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
     config.parameters["sam2_model_size"].string_value = params.model_size
     for key, value in params.extra.items():
         config.parameters[key].string_value = value

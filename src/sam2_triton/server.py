@@ -109,6 +109,10 @@ class EmbeddedTriton:
     exit_timeout_s: int = 10
     #: Refuse to start when an ONNX model's file is missing (off: let Triton report it).
     precheck: bool = True
+    #: CUDA memory pool per GPU (MiB) through which GPU tensors move between Triton and the
+    #: python backend; Triton's default of 64 MiB is less than one batch of encoder outputs.
+    #: None: Triton's default (right for the CPU configs).
+    cuda_memory_pool_mb: int | None = None
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     _workdir: tempfile.TemporaryDirectory | None = None
@@ -160,6 +164,8 @@ class EmbeddedTriton:
         ]
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
+        if self.cuda_memory_pool_mb:
+            cmd.append(f"--cuda-memory-pool-byte-size=0:{self.cuda_memory_pool_mb << 20}")
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:

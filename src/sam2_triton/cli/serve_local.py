@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     p.add_argument(
+        "--cuda-memory-pool-mb",
+        type=int,
+        default=None,
+        help="CUDA memory pool on GPU 0 for GPU tensors between Triton and the backend "
+        "(default: 2048 with the GPU configs, Triton's own default with --config-name cpu)",
+    )
+    p.add_argument(
         "--exit-timeout", type=int, default=10, help="seconds to drain requests when stopped"
     )
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for readiness")
@@ -62,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         log_verbose=args.log_verbose,
         exit_timeout_s=args.exit_timeout,
+        cuda_memory_pool_mb=(
+            args.cuda_memory_pool_mb
+            if args.cuda_memory_pool_mb is not None
+            else (None if args.config_name == "cpu" else 2048)
+        ),
     )
     stopping = []
 

@@ -15,7 +15,9 @@ What it does, per model instance:
   its choice;
 * runs a whole dynamic batch in one ONNX Runtime call (requests are concatenated along the
   batch dimension and the results split back), returning only the outputs each request
-  asked for;
+  asked for; on a GPU instance with CUDA/TensorRT it binds inputs and outputs on the device
+  (:class:`CudaRunner`), so inside the ``sam2`` ensemble the encoder's features go to the
+  decoder without a trip through host memory;
 * answers a bad request with an ``INVALID_ARG`` error (HTTP 400) and keeps serving:
   non-finite values, more points than the config's ``max_points``, mismatched point and
   label counts, unknown labels.
@@ -92,6 +94,124 @@ class BadRequest(ValueError):
     """A request the model cannot run; the client gets its message with INVALID_ARG."""
 
 
+class HostRunner:
+    """Runs the session on host (numpy) arrays: the CPU path, and the fallback on a GPU."""
+
+    description = "host arrays"
+
+    def __init__(self, session: "ort.InferenceSession") -> None:
+        self.session = session
+
+    def array(self, tensor):
+        return tensor.as_numpy()
+
+    def concat(self, arrays: list):
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    def all_finite(self, value) -> bool:
+        return value.dtype.kind != "f" or bool(np.isfinite(value).all())
+
+    def host(self, value) -> np.ndarray:
+        return value
+
+    def run(self, names: list[str], feed: dict, batch: int) -> dict:
+        return dict(zip(names, self.session.run(names, feed)))
+
+    def tensor(self, name: str, value):
+        return pb_utils.Tensor(name, np.ascontiguousarray(value))
+
+
+class CudaRunner(HostRunner):
+    """I/O binding on the instance's GPU, so a batch crosses the host boundary at most once.
+
+    Inputs Triton already holds on the GPU (the encoder's outputs inside the ``sam2``
+    ensemble) are bound in place; host inputs are copied once. Outputs are written by
+    ONNX Runtime straight into device buffers that go back to Triton through DLPack, so
+    the ensemble's decoder step reads them without a round trip through host memory.
+    torch provides the device buffers and the DLPack bridge.
+    """
+
+    description = "CUDA I/O binding, outputs on the GPU"
+
+    def __init__(self, session, device_id: int, output_dims: dict[str, list[int]]) -> None:
+        import torch
+
+        super().__init__(session)
+        self.torch = torch
+        self.device_id = device_id
+        self.device = torch.device("cuda", device_id)
+        self.output_dims = output_dims
+
+    def array(self, tensor):
+        if tensor.is_cpu():
+            return tensor.as_numpy()
+        return self.torch.from_dlpack(tensor.to_dlpack())
+
+    def _device(self, value):
+        if isinstance(value, np.ndarray):
+            return self.torch.from_numpy(value).to(self.device, non_blocking=False)
+        return value
+
+    def concat(self, arrays: list):
+        if all(isinstance(a, np.ndarray) for a in arrays):
+            return super().concat(arrays)
+        return self.torch.cat([self._device(a) for a in arrays])
+
+    def all_finite(self, value) -> bool:
+        if isinstance(value, np.ndarray):
+            return super().all_finite(value)
+        return bool(self.torch.isfinite(value).all())
+
+    def host(self, value) -> np.ndarray:
+        return value if isinstance(value, np.ndarray) else value.cpu().numpy()
+
+    def run(self, names: list[str], feed: dict, batch: int) -> dict:
+        binding = self.session.io_binding()
+        on_device = []  # keeps bound device inputs alive until the run has finished
+        for name, value in feed.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            else:
+                value = value.contiguous()
+                on_device.append(value)
+                binding.bind_input(
+                    name, "cuda", self.device_id, np.float32, list(value.shape), value.data_ptr()
+                )
+        outputs = {}
+        for name in names:
+            out = self.torch.empty((batch, *self.output_dims[name]), device=self.device)
+            binding.bind_output(
+                name, "cuda", self.device_id, np.float32, list(out.shape), out.data_ptr()
+            )
+            outputs[name] = out
+        if on_device:  # torch wrote them on its stream; ONNX Runtime reads on its own
+            self.torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)  # returns once the device work is done
+        return outputs
+
+    def tensor(self, name: str, value):
+        if isinstance(value, np.ndarray):
+            return super().tensor(name, value)
+        return pb_utils.Tensor.from_dlpack(name, self.torch.utils.dlpack.to_dlpack(value))
+
+
+def make_runner(session, kind: str, device_id: int, config: dict, log) -> HostRunner:
+    """:class:`CudaRunner` when this GPU instance runs on CUDA/TensorRT and torch is there."""
+    gpu_eps = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    if kind != "GPU" or session.get_providers()[0] not in gpu_eps:
+        return HostRunner(session)
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ImportError("torch sees no GPU")
+    except ImportError as e:
+        log(f"{config['name']}: no GPU-enabled torch ({e}); binding host arrays")
+        return HostRunner(session)
+    dims = {o["name"]: [int(d) for d in o["dims"]] for o in config["output"]}
+    return CudaRunner(session, device_id, dims)
+
+
 class TritonPythonModel:
     """ONNX Runtime behind Triton's python backend: one session per model instance."""
 
@@ -118,9 +238,11 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{self.name}: cannot load {path}: {first}"
             ) from None
+        self.runner = make_runner(self.session, kind, device_id, self.config, log)
         log(
             f"{self.name}: ONNX Runtime {ort.__version__} on "
-            f"{', '.join(self.session.get_providers())} ({kind} instance {device_id})"
+            f"{', '.join(self.session.get_providers())} ({kind} instance {device_id}, "
+            f"{self.runner.description})"
         )
         self.input_names = [i["name"] for i in self.config["input"]]
         self.output_names = [o["name"] for o in self.config["output"]]
@@ -146,10 +268,12 @@ class TritonPythonModel:
                 wanted.update(requests[i].requested_output_names() or self.output_names)
             names = [n for n in self.output_names if n in wanted]
             feed = {
-                n: np.concatenate([inputs[n] for _, inputs in members]) for n in self.input_names
+                n: self.runner.concat([inputs[n] for _, inputs in members])
+                for n in self.input_names
             }
+            batch = feed[self.input_names[0]].shape[0]
             try:
-                results = dict(zip(names, self.session.run(names, feed)))
+                results = self.runner.run(names, feed, batch)
             except Exception as e:  # noqa: BLE001 - report, keep serving
                 for i, _ in members:
                     responses[i] = self._error(f"ONNX Runtime failed: {e}", internal=True)
@@ -159,7 +283,7 @@ class TritonPythonModel:
                 size = inputs[self.input_names[0]].shape[0]
                 asked = requests[i].requested_output_names() or self.output_names
                 tensors = [
-                    pb_utils.Tensor(n, np.ascontiguousarray(results[n][start : start + size]))
+                    self.runner.tensor(n, results[n][start : start + size])
                     for n in names
                     if n in asked
                 ]
@@ -167,18 +291,20 @@ class TritonPythonModel:
                 start += size
         return responses
 
-    def _read_inputs(self, request) -> dict[str, np.ndarray]:
+    def _read_inputs(self, request) -> dict:
         inputs = {}
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise BadRequest(f"{self.name}: missing input '{name}'")
-            array = tensor.as_numpy()
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
+            value = self.runner.array(tensor)
+            if not self.runner.all_finite(value):
                 raise BadRequest(f"{self.name}: input '{name}' contains NaN or infinite values")
-            inputs[name] = array
+            inputs[name] = value
         if "point_coords" in inputs:
-            self._check_points(inputs["point_coords"], inputs["point_labels"])
+            self._check_points(
+                self.runner.host(inputs["point_coords"]), self.runner.host(inputs["point_labels"])
+            )
         return inputs
 
     def _check_points(self, coords: np.ndarray, labels: np.ndarray) -> None:
@@ -206,4 +332,5 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
     def finalize(self) -> None:
+        self.runner = None
         self.session = None
