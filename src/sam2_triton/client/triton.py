@@ -30,6 +30,7 @@ from sam2_triton.models import UserError
 T = TypeVar("T")
 
 PROTOCOLS = ("http", "grpc")
+_NAMES = {"http": "HTTP", "grpc": "gRPC"}
 _URL = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 _counter = itertools.count()
 
@@ -197,8 +198,8 @@ class TritonBackend:
 
     def _unreachable(self, reason: str) -> str:
         return (
-            f"cannot reach the Triton server at {self.url} over {self.protocol.upper()}: "
-            f"{reason} (is it running? is this its {self.protocol.upper()} port?)"
+            f"cannot reach the Triton server at {self.url} over {_NAMES[self.protocol]}: "
+            f"{reason} (is it running? is this its {_NAMES[self.protocol]} port?)"
         )
 
     # --- readiness ---------------------------------------------------------------------------
