@@ -25,6 +25,12 @@ The two graphs are the public contract of the served models (names users ``curl`
 Mask logits are returned unclamped (the predictor upsamples unclamped logits); the
 predictor clamps the low-res logits it hands back for reuse to [-32, 32], and so does
 the client before it sends them back as ``mask_input``.
+
+After tracing, :func:`sam2_triton.optimize.fold_static_shapes` folds the arithmetic on
+static sizes that the tracer records (the image is always 1024x1024; only the batch and
+the point count vary), so ONNX Runtime's CUDA EP runs the graphs without host copies.
+With ``precision="fp16"`` the weights and the compute are FP16 while the inputs and
+outputs stay FP32: the same contract for both precisions.
 """
 
 from __future__ import annotations
@@ -70,6 +76,10 @@ DECODER_INPUTS = (
     "has_mask_input",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "multimask_masks", "multimask_iou_predictions")
+
+#: Precisions :func:`export_encoder` and :func:`export_decoder` write. ``fp16`` is meant
+#: for GPUs; inputs and outputs stay FP32 either way.
+PRECISIONS = ("fp32", "fp16")
 
 #: Shapes without the batch dimension; ``-1`` is a dimension the caller chooses.
 TENSOR_SHAPES: dict[str, tuple[int, ...]] = {
@@ -182,9 +192,23 @@ def _torch_modules():
             self.model = model
             sizes = [(s, s) for _, s in HIGH_RES_FEATS] + [(EMBED_SIZE, EMBED_SIZE)]
             self.feat_sizes = sizes
+            # Hiera's position embedding (a bicubic resize of a 7x7 table plus a tiled
+            # window table) depends only on the token grid, fixed by the 1024x1024 input.
+            # Computed once here, it is a constant of the graph instead of a Resize, two
+            # Ifs and a Tile re-evaluated (partly on the host) at every run.
+            trunk = model.image_encoder.trunk
+            grid = IMAGE_SIZE // trunk.patch_embed.proj.stride[0]
+            with torch.no_grad():
+                pos_embed = trunk._get_pos_embed((grid, grid)).detach().clone()
+            self.register_buffer("pos_embed", pos_embed, persistent=False)
+
+        #: False traces Meta's own position-embedding code (the unoptimised graph).
+        precompute = True
 
         def forward(self, image: torch.Tensor):
-            backbone_out = self.model.forward_image(image)
+            pos_embed = self.pos_embed if self.precompute else None
+            with _fixed_pos_embed(self.model.image_encoder.trunk, pos_embed):
+                backbone_out = self.model.forward_image(image)
             _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
             if self.model.directly_add_no_mem_embed:
                 vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
@@ -208,6 +232,14 @@ def _torch_modules():
             super().__init__()
             self.prompt_encoder = model.sam_prompt_encoder
             self.mask_decoder = model.sam_mask_decoder
+            # The dense positional encoding of the 64x64 embedding grid is a constant:
+            # computed here in FP32, it stays exact in an FP16 graph too.
+            with torch.no_grad():
+                dense_pe = self.prompt_encoder.get_dense_pe().detach().clone()
+            self.register_buffer("dense_pe", dense_pe, persistent=False)
+
+        #: False traces ``get_dense_pe()`` in the graph (the unoptimised graph).
+        precompute = True
 
         def forward(
             self,
@@ -227,7 +259,7 @@ def _torch_modules():
             dense = torch.where(use_mask, pe._embed_masks(mask_input), no_mask)
             masks, iou, _, _ = self.mask_decoder.predict_masks(
                 image_embeddings=image_embeddings,
-                image_pe=pe.get_dense_pe(),
+                image_pe=self.dense_pe if self.precompute else pe.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 repeat_image=False,
@@ -242,6 +274,26 @@ def _torch_modules():
             return single_masks, single_iou, masks[:, 1:], iou[:, 1:]
 
     return ImageEncoder, PromptDecoder
+
+
+@contextlib.contextmanager
+def _fixed_pos_embed(trunk, pos_embed: "torch.Tensor | None") -> Iterator[None]:
+    """Let Hiera ``trunk`` use the precomputed ``pos_embed`` for the 1024x1024 grid."""
+    if pos_embed is None:
+        yield
+        return
+    expected = tuple(pos_embed.shape[1:3])
+
+    def get_pos_embed(hw):
+        if tuple(int(v) for v in hw) != expected:  # not the contract's input size
+            return type(trunk)._get_pos_embed(trunk, hw)
+        return pos_embed
+
+    trunk._get_pos_embed = get_pos_embed
+    try:
+        yield
+    finally:
+        del trunk._get_pos_embed
 
 
 def image_encoder(model: "SAM2Base") -> "torch.nn.Module":
@@ -296,9 +348,28 @@ def _remove_stale_partials(final: Path) -> None:
             pass  # alive, another user's
 
 
-def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
+def _export(
+    module,
+    args,
+    path: Path,
+    inputs,
+    outputs,
+    dynamic_axes,
+    precision: str = "fp32",
+    optimize: bool = True,
+) -> None:
     import onnx
     import torch
+
+    from sam2_triton import optimize as passes
+
+    module.precompute = optimize
 
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # The legacy exporter warns about every traced shape comparison in Meta's code.
@@ -315,6 +386,10 @@ def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
             dynamo=False,
         )
         model = onnx.load(str(tmp))
+        if optimize:
+            model = passes.fold_static_shapes(model)
+        if precision == "fp16":
+            model = passes.to_fp16(model)
         _declare_shapes(model)
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -338,23 +413,40 @@ def _declare_shapes(model) -> None:
                 dim.dim_value = want
 
 
-def export_encoder(model: "SAM2Base", path: str | os.PathLike) -> Path:
-    """Write the ``sam2_encoder`` ONNX graph (dynamic batch) to ``path`` atomically."""
+def export_encoder(
+    model: "SAM2Base", path: str | os.PathLike, precision: str = "fp32", *, optimize: bool = True
+) -> Path:
+    """Write the ``sam2_encoder`` ONNX graph (dynamic batch) to ``path`` atomically.
+
+    ``precision`` is ``"fp32"`` or ``"fp16"`` (FP16 weights and compute, FP32 I/O).
+    ``optimize=False`` writes the graph as traced, without the constant position embedding
+    and the shape folding (the graph before those passes, for comparisons).
+    """
     import torch
 
+    _check_precision(precision)
     path = Path(path)
     example = torch.randn(1, *TENSOR_SHAPES["image"])
     axes = {name: {0: "batch"} for name in ENCODER_INPUTS + ENCODER_OUTPUTS}
-    _export(image_encoder(model), (example,), path, ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
+    module = image_encoder(model)
+    _export(module, (example,), path, ENCODER_INPUTS, ENCODER_OUTPUTS, axes, precision, optimize)
     return path
 
 
-def export_decoder(model: "SAM2Base", path: str | os.PathLike) -> Path:
-    """Write the ``sam2_decoder`` ONNX graph (dynamic batch and point count) atomically."""
+def export_decoder(
+    model: "SAM2Base", path: str | os.PathLike, precision: str = "fp32", *, optimize: bool = True
+) -> Path:
+    """Write the ``sam2_decoder`` ONNX graph (dynamic batch and point count) atomically.
+
+    ``precision`` is ``"fp32"`` or ``"fp16"`` (FP16 weights and compute, FP32 I/O).
+    ``optimize=False`` writes the graph as traced (see :func:`export_encoder`).
+    """
+    _check_precision(precision)
     path = Path(path)
     axes = {name: {0: "batch"} for name in DECODER_INPUTS + DECODER_OUTPUTS}
     axes["point_coords"] = {0: "batch", 1: "num_points"}
     axes["point_labels"] = {0: "batch", 1: "num_points"}
     example = example_decoder_inputs(batch=1, num_points=2)
-    _export(prompt_decoder(model), example, path, DECODER_INPUTS, DECODER_OUTPUTS, axes)
+    module = prompt_decoder(model)
+    _export(module, example, path, DECODER_INPUTS, DECODER_OUTPUTS, axes, precision, optimize)
     return path
