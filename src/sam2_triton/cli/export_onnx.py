@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="export one graph only (default: both)",
     )
     p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="weights and compute of the ONNX graphs (default: %(default)s). fp16 is for "
+        "GPUs (ONNX Runtime CUDA EP); inputs and outputs stay FP32, so the Triton contract "
+        "is the same",
+    )
+    p.add_argument(
         "--no-configs",
         action="store_true",
         help="write the ONNX files only, leave config.pbtxt files as they are",
@@ -64,11 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("loaded %s from %s in %.1f s", size.name, checkpoint, time.perf_counter() - t0)
     if args.only in (None, "encoder"):
         t = time.perf_counter()
-        path = export.export_encoder(model, repo / "sam2_encoder" / "1" / "model.onnx")
+        path = export.export_encoder(
+            model, repo / "sam2_encoder" / "1" / "model.onnx", precision=args.precision
+        )
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
     if args.only in (None, "decoder"):
         t = time.perf_counter()
-        path = export.export_decoder(model, repo / "sam2_decoder" / "1" / "model.onnx")
+        path = export.export_decoder(
+            model, repo / "sam2_decoder" / "1" / "model.onnx", precision=args.precision
+        )
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
     if not args.no_configs:
         from sam2_triton import model_config
