@@ -1,0 +1,658 @@
+"""The benchmark suite: which cases run, in which order, and the result records.
+
+Every result is one dict (see :func:`record`) in ``report["results"]``; a case that cannot
+run here (no GPU, no checkpoint, FP16 not declared on the wire) is listed under
+``report["skipped"]`` with its reason instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sam2_triton.bench import inputs
+from sam2_triton.bench.stats import closed_loop, summarize
+from sam2_triton.export import DECODER_INPUTS
+
+SCHEMA = "sam2-triton-benchmark/1"
+UNITS = {"encoder": "img/s", "decoder": "masks/s", "interactive": "sessions/s"}
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. Defaults are the full GPU run; :meth:`quick` is the CI run."""
+
+    model_size: str = "base_plus"
+    repository: Path | None = None  # ONNX files: <repo>/sam2_{encoder,decoder}/1/model.onnx
+    fp16_repository: Path | None = None
+    checkpoint: Path | None = None  # Meta-format checkpoint for the PyTorch baselines
+    backends: tuple[str, ...] = ("onnxruntime", "pytorch")
+    models: tuple[str, ...] = ("encoder", "decoder", "interactive")
+    device: str = "cuda"  # in-process backends
+    io_binding: tuple[bool, ...] = (False, True)
+    torch_precisions: tuple[str, ...] = ("fp32", "fp16")
+    encoder_batches: tuple[int, ...] = (1, 8)
+    decoder_batches: tuple[int, ...] = (1, 32)
+    points: int = 2
+    clicks: int = 5
+    ort_concurrency: tuple[int, ...] = (1,)
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)  # Triton clients
+    triton_encoder_batches: tuple[int, ...] = (1,)
+    triton_decoder_batches: tuple[int, ...] = (1, 8)
+    http_url: str | None = None
+    grpc_url: str | None = None
+    protocols: tuple[str, ...] = ("http", "grpc")
+    shm: tuple[str, ...] = ("none", "system")
+    wire_dtypes: tuple[str, ...] = ("fp32", "fp16")
+    iterations: int = 30
+    warmup: int = 5
+    min_time_s: float = 1.0
+    count_copies: bool = True
+    predictor: bool = True
+    label: str = ""
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **overrides) -> "BenchConfig":
+        """A run of seconds on a CPU: tiny, few iterations, small batches."""
+        base = dict(
+            model_size="tiny",
+            device="cpu",
+            io_binding=(False,),
+            torch_precisions=("fp32",),
+            encoder_batches=(1,),
+            decoder_batches=(1, 4),
+            clicks=2,
+            concurrency=(1, 2),
+            triton_encoder_batches=(1,),
+            triton_decoder_batches=(1,),
+            shm=("none", "system"),
+            wire_dtypes=("fp32",),
+            iterations=2,
+            warmup=1,
+            min_time_s=0.0,
+            count_copies=False,
+            predictor=False,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+def record(
+    backend: str,
+    model: str,
+    stats,
+    *,
+    batch: int,
+    config: BenchConfig,
+    precision: str,
+    device: str,
+    concurrency: int = 1,
+    **details,
+) -> dict:
+    """One result: what ran, how, and its latency and throughput."""
+    return {
+        "backend": backend,
+        "model": model,
+        "model_size": config.model_size,
+        "precision": precision,
+        "device": device,
+        "batch": batch,
+        "concurrency": concurrency,
+        "latency_ms": {
+            k: round(getattr(stats, k), 4) for k in ("p50", "p90", "p99", "mean", "min", "max")
+        },
+        "throughput": round(stats.throughput, 2),
+        "throughput_unit": UNITS[model],
+        "calls": stats.calls,
+        "wall_s": round(stats.wall_s, 3),
+        "label": config.label,
+        **details,
+    }
+
+
+class Suite:
+    """Runs the configured cases and collects the report."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        self.config = config
+        self.results: list[dict] = []
+        self.skipped: list[dict] = []
+        self.graphs: list[dict] = []
+        self.memory: list[dict] = []
+        self._bar = None
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def skip(self, case: str, reason: str) -> None:
+        self.skipped.append({"case": case, "reason": reason})
+
+    def _measure(self, make: Callable, items: int, concurrency: int = 1):
+        c = self.config
+        latencies, wall = closed_loop(
+            make,
+            concurrency=concurrency,
+            iterations=c.iterations,
+            warmup=c.warmup,
+            min_time_s=c.min_time_s,
+        )
+        if self._bar is not None:
+            self._bar.update(1)
+        return summarize(latencies, items, wall)
+
+    def _describe(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(text[:60])
+
+    def _onnx_path(self, precision: str, model: str) -> Path | None:
+        repo = self.config.repository if precision == "fp32" else self.config.fp16_repository
+        if repo is None:
+            return None
+        path = Path(repo) / f"sam2_{model}" / "1" / "model.onnx"
+        return path if path.is_file() else None
+
+    # -- the run ------------------------------------------------------------------------
+
+    def planned_cases(self) -> int:
+        """How many measurements the run will make (for the progress bar)."""
+        c = self.config
+        n = 0
+        precisions = [p for p in ("fp32", "fp16") if self._onnx_path(p, "encoder")]
+        bindings = len(c.io_binding) if c.device == "cuda" else 1
+        if "onnxruntime" in c.backends:
+            per = len(c.ort_concurrency) * bindings * len(precisions)
+            n += per * len(c.encoder_batches) * ("encoder" in c.models)
+            n += per * len(c.decoder_batches) * ("decoder" in c.models)
+            n += per * ("interactive" in c.models)
+        if "pytorch" in c.backends:
+            tp = len(c.torch_precisions) if c.device == "cuda" else 1
+            n += tp * len(c.encoder_batches) * ("encoder" in c.models)
+            n += tp * len(c.decoder_batches) * ("decoder" in c.models)
+            n += tp * (1 + c.predictor) * ("interactive" in c.models)
+        if "triton" in c.backends:
+            per = len(c.protocols) * len(c.shm) * len(c.concurrency)
+            n += per * len(c.triton_encoder_batches) * ("encoder" in c.models)
+            n += per * len(c.triton_decoder_batches) * ("decoder" in c.models)
+            n += per * ("interactive" in c.models)
+            n += len(c.triton_encoder_batches) + len(c.triton_decoder_batches) + 1  # baselines
+        return n
+
+    def run(self) -> dict:
+        c = self.config
+        started = dt.datetime.now(dt.timezone.utc)
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.planned_cases(), desc="benchmark", unit="case", disable=not c.progress
+            )
+        except ImportError:
+            self._bar = None
+        try:
+            if "onnxruntime" in c.backends:
+                self.run_onnxruntime()
+            if "pytorch" in c.backends:
+                self.run_pytorch()
+            if "triton" in c.backends:
+                self.run_triton()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+        return {
+            "schema": SCHEMA,
+            "created": started.isoformat(timespec="seconds"),
+            "duration_s": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
+            "machine": machine_info(),
+            "versions": versions(),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
+            "results": self.results,
+            "graphs": self.graphs,
+            "memory": self.memory,
+            "skipped": self.skipped,
+        }
+
+    # -- ONNX Runtime in process ----------------------------------------------------------
+
+    def run_onnxruntime(self) -> None:
+        from sam2_triton.bench import ort as bort
+
+        c = self.config
+        try:
+            bort.import_onnxruntime(c.device)
+        except (ImportError, RuntimeError) as e:
+            self.skip("onnxruntime", str(e))
+            return
+        bindings = c.io_binding if c.device == "cuda" else (False,)
+        for which in ("fp32", "fp16"):
+            paths = {m: self._onnx_path(which, m) for m in ("encoder", "decoder")}
+            if not any(paths.values()):
+                flag = "--repository" if which == "fp32" else "--fp16-repository"
+                self.skip(f"onnxruntime {which}", f"no ONNX files given ({flag})")
+                continue
+            precision = onnx_precision(next(p for p in paths.values() if p))
+            sessions = {}
+            for model, path in paths.items():
+                if path is None:
+                    continue
+                self._describe(f"ort {precision} {model}: session")
+                sessions[model] = bort.OrtSession.open(
+                    path, c.device, count_copies=c.count_copies and c.device == "cuda"
+                )
+                self.graphs.append(
+                    {"model": model, "precision": precision, "label": c.label}
+                    | sessions[model].graph
+                )
+            details = dict(
+                provider="CUDAExecutionProvider" if c.device == "cuda" else "CPUExecutionProvider",
+            )
+            for io_binding in bindings:
+                for conc in c.ort_concurrency:
+                    common = dict(
+                        config=c,
+                        precision=precision,
+                        device=c.device,
+                        concurrency=conc,
+                        io_binding=io_binding,
+                        **details,
+                    )
+                    if "encoder" in c.models and "encoder" in sessions:
+                        for batch in c.encoder_batches:
+                            self._describe(f"ort {precision} encoder b{batch} io{int(io_binding)}")
+                            feeds = inputs.encoder_feeds(batch)
+                            make = sessions["encoder"].caller(feeds, io_binding)
+                            stats = self._measure(make, batch, conc)
+                            self.results.append(
+                                record("onnxruntime", "encoder", stats, batch=batch, **common)
+                            )
+                    if "decoder" in c.models and "decoder" in sessions:
+                        for batch in c.decoder_batches:
+                            self._describe(f"ort {precision} decoder b{batch} io{int(io_binding)}")
+                            feeds = inputs.decoder_feeds(batch, c.points)
+                            make = sessions["decoder"].caller(
+                                feeds, io_binding, outputs=["masks", "iou_predictions"]
+                            )
+                            stats = self._measure(make, batch, conc)
+                            self.results.append(
+                                record(
+                                    "onnxruntime",
+                                    "decoder",
+                                    stats,
+                                    batch=batch,
+                                    points=c.points,
+                                    **common,
+                                )
+                            )
+                    if "interactive" in c.models and len(sessions) == 2:
+                        self._describe(f"ort {precision} interactive io{int(io_binding)}")
+                        make = bort.interactive_caller(
+                            sessions["encoder"],
+                            sessions["decoder"],
+                            inputs.encoder_feeds(1),
+                            self._clicks(),
+                            io_binding,
+                        )
+                        stats = self._measure(make, 1, conc)
+                        self.results.append(
+                            record(
+                                "onnxruntime",
+                                "interactive",
+                                stats,
+                                batch=1,
+                                clicks=c.clicks,
+                                points=c.points,
+                                **common,
+                            )
+                        )
+            for model, session in sessions.items():
+                mem = session.memory_mb()
+                if mem is not None:
+                    self.memory.append(
+                        {
+                            "backend": "onnxruntime",
+                            "model": model,
+                            "model_size": c.model_size,
+                            "precision": precision,
+                            "label": c.label,
+                            "device_memory_mb": mem,
+                            "method": "cudaMemGetInfo used after the runs minus before the "
+                            "session (arena kSameAsRequested); sessions opened in sequence",
+                        }
+                    )
+                session.close()
+            sessions.clear()
+            gc.collect()
+
+    def _clicks(self) -> list[dict[str, np.ndarray]]:
+        rng = np.random.default_rng(7)
+        return [inputs.prompts(1, self.config.points, rng) for _ in range(self.config.clicks)]
+
+    # -- PyTorch eager ----------------------------------------------------------------------
+
+    def run_pytorch(self) -> None:
+        c = self.config
+        if c.checkpoint is None or not Path(c.checkpoint).is_file():
+            self.skip("pytorch", f"no checkpoint for {c.model_size} (--checkpoint)")
+            return
+        try:
+            import torch
+
+            from sam2_triton.bench import torch_eager as te
+            from sam2_triton.export import image_encoder, prompt_decoder
+        except ImportError as e:
+            self.skip("pytorch", f"torch/sam2 not installed: {e}")
+            return
+        if c.device == "cuda" and not torch.cuda.is_available():
+            self.skip("pytorch", "no CUDA device for torch")
+            return
+        precisions = c.torch_precisions if c.device == "cuda" else ("fp32",)
+        te.reset_peak_memory(c.device)
+        model = te.load_model(c.model_size, c.checkpoint, c.device)
+        encoder = image_encoder(model).to(c.device)
+        decoder = prompt_decoder(model).to(c.device)
+        for precision in precisions:
+            te.reset_peak_memory(c.device)
+            common = dict(config=c, precision=precision, device=c.device)
+            if "encoder" in c.models:
+                for batch in c.encoder_batches:
+                    self._describe(f"torch {precision} encoder b{batch}")
+                    make = te.module_caller(
+                        encoder, inputs.encoder_feeds(batch), ("image",), c.device, precision
+                    )
+                    stats = self._measure(make, batch)
+                    self.results.append(record("pytorch", "encoder", stats, batch=batch, **common))
+            if "decoder" in c.models:
+                for batch in c.decoder_batches:
+                    self._describe(f"torch {precision} decoder b{batch}")
+                    feeds = inputs.decoder_feeds(batch, c.points)
+                    make = te.module_caller(decoder, feeds, DECODER_INPUTS, c.device, precision)
+                    stats = self._measure(make, batch)
+                    self.results.append(
+                        record("pytorch", "decoder", stats, batch=batch, points=c.points, **common)
+                    )
+            if "interactive" in c.models:
+                self._describe(f"torch {precision} interactive")
+                make = te.interactive_caller(
+                    encoder,
+                    decoder,
+                    inputs.encoder_feeds(1),
+                    self._clicks(),
+                    DECODER_INPUTS,
+                    c.device,
+                    precision,
+                )
+                stats = self._measure(make, 1)
+                self.results.append(
+                    record(
+                        "pytorch",
+                        "interactive",
+                        stats,
+                        batch=1,
+                        clicks=c.clicks,
+                        points=c.points,
+                        **common,
+                    )
+                )
+                if c.predictor:
+                    self._describe(f"predictor {precision} interactive")
+                    from sam2_triton.testing import photos
+
+                    make = te.predictor_caller(
+                        model, list(photos().values()), self._clicks(), c.device, precision
+                    )
+                    stats = self._measure(make, 1)
+                    self.results.append(
+                        record(
+                            "pytorch-predictor",
+                            "interactive",
+                            stats,
+                            batch=1,
+                            clicks=c.clicks,
+                            points=c.points,
+                            note="SAM2ImagePredictor.set_image + predict on real photos, "
+                            "pre/post-processing included",
+                            **common,
+                        )
+                    )
+            peak = te.peak_memory_mb(c.device)
+            if peak is not None:
+                self.memory.append(
+                    {
+                        "backend": "pytorch",
+                        "model": "encoder+decoder",
+                        "model_size": c.model_size,
+                        "precision": precision,
+                        "label": c.label,
+                        "device_memory_mb": peak,
+                        "method": "torch.cuda.max_memory_allocated over this precision's runs",
+                    }
+                )
+        del model, encoder, decoder
+        gc.collect()
+        if c.device == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- Triton -------------------------------------------------------------------------
+
+    def run_triton(self) -> None:
+        from sam2_triton.bench import triton as btriton
+        from sam2_triton.model_config import DECODER, ENCODER
+
+        c = self.config
+        target = btriton.TritonTarget(c.http_url, c.grpc_url)
+        protocols = [p for p in c.protocols if target.url_or_none(p)]
+        for p in c.protocols:
+            if p not in protocols:
+                self.skip(f"triton {p}", f"no {p} URL given")
+        if not protocols:
+            return
+        try:
+            info = {m: target.model_info(m) for m in (ENCODER, DECODER)}
+        except Exception as e:  # noqa: BLE001 - server unreachable: say so, keep the rest
+            self.skip("triton", f"server not reachable: {type(e).__name__}: {e}")
+            return
+        device = info[ENCODER]["device"]
+        baselines = self._triton_baselines(device)
+        for wire in c.wire_dtypes:
+            declared = {m: set(i["inputs"].values()) for m, i in info.items()}
+            if wire == "fp16" and not all("FP16" in d for d in declared.values()):
+                self.skip(
+                    "triton wire fp16",
+                    "the served models declare FP32 inputs (the contract); FP16 on the wire "
+                    "needs an FP16 model config",
+                )
+                continue
+            dtype = np.float16 if wire == "fp16" else np.float32
+            for protocol in protocols:
+                for shm in c.shm:
+                    caller = btriton.TritonCaller(target, protocol, shm, dtype)
+                    try:
+                        self._triton_cases(caller, info, device, wire, baselines)
+                    except Exception as e:  # noqa: BLE001 - e.g. shm on a remote server
+                        self.skip(f"triton {protocol} shm={shm}", f"{type(e).__name__}: {e}")
+                    finally:
+                        caller.close()
+
+    def _triton_cases(self, caller, info, device, wire, baselines) -> None:
+        c = self.config
+        common = dict(
+            config=c,
+            precision=self._served_precision(),
+            device=device,
+            protocol=caller.protocol,
+            shared_memory=caller.shm,
+            wire_dtype=wire,
+        )
+        cases = []
+        if "encoder" in c.models:
+            for batch in c.triton_encoder_batches:
+                cases.append(("encoder", batch, caller.encoder(inputs.encoder_feeds(batch)), {}))
+        if "decoder" in c.models:
+            for batch in c.triton_decoder_batches:
+                feeds = inputs.decoder_feeds(batch, c.points)
+                cases.append(("decoder", batch, caller.decoder(feeds), {"points": c.points}))
+        if "interactive" in c.models:
+            make = caller.interactive(inputs.encoder_feeds(1), self._clicks())
+            cases.append(("interactive", 1, make, {"clicks": c.clicks, "points": c.points}))
+        for model, batch, make, extra in cases:
+            for conc in c.concurrency:
+                self._describe(f"triton {caller.protocol} {caller.shm} {model} b{batch} c{conc}")
+                stats = self._measure(make, batch, conc)
+                result = record(
+                    "triton", model, stats, batch=batch, concurrency=conc, **extra, **common
+                )
+                base = baselines.get((model, batch))
+                if base is None:
+                    result["baseline"] = None
+                    result["ratio"] = None
+                else:
+                    result["baseline"] = base
+                    result["ratio"] = {
+                        "p50_latency": round(stats.p50 / base["latency_ms_p50"], 3),
+                        "throughput": round(stats.throughput / base["throughput"], 3),
+                    }
+                self.results.append(result)
+
+    def _served_precision(self) -> str:
+        """Precision of the files the baseline runs: those of ``--repository``."""
+        path = self._onnx_path("fp32", "encoder")
+        return onnx_precision(path) if path else "unknown"
+
+    def _triton_baselines(self, device: str) -> dict:
+        """In-process ONNX Runtime on the files the server serves, on the server's device,
+        without I/O binding (as the backend runs them), concurrency 1."""
+        from sam2_triton.bench import ort as bort
+
+        c = self.config
+        out: dict = {}
+        paths = {m: self._onnx_path("fp32", m) for m in ("encoder", "decoder")}
+        if not all(paths.values()):
+            self.skip("triton baselines", "no --repository with the served ONNX files")
+            return out
+        try:
+            bort.import_onnxruntime(device)
+        except (ImportError, RuntimeError) as e:
+            self.skip("triton baselines", f"in-process {device} runtime unavailable: {e}")
+            return out
+        sessions = {m: bort.OrtSession.open(p, device) for m, p in paths.items()}
+        try:
+            for batch in c.triton_encoder_batches if "encoder" in c.models else ():
+                self._describe(f"triton baseline encoder b{batch}")
+                make = sessions["encoder"].caller(inputs.encoder_feeds(batch), False)
+                out[("encoder", batch)] = self._baseline(make, batch, device, "encoder")
+            for batch in c.triton_decoder_batches if "decoder" in c.models else ():
+                self._describe(f"triton baseline decoder b{batch}")
+                feeds = inputs.decoder_feeds(batch, c.points)
+                make = sessions["decoder"].caller(feeds, False, ["masks", "iou_predictions"])
+                out[("decoder", batch)] = self._baseline(make, batch, device, "decoder")
+            if "interactive" in c.models:
+                self._describe("triton baseline interactive")
+                make = bort.interactive_caller(
+                    sessions["encoder"],
+                    sessions["decoder"],
+                    inputs.encoder_feeds(1),
+                    self._clicks(),
+                    False,
+                )
+                out[("interactive", 1)] = self._baseline(make, 1, device, "interactive")
+        finally:
+            for s in sessions.values():
+                s.close()
+        return out
+
+    def _baseline(self, make, batch: int, device: str, model: str) -> dict:
+        stats = self._measure(make, batch)
+        return {
+            "backend": "onnxruntime",
+            "device": device,
+            "io_binding": False,
+            "concurrency": 1,
+            "latency_ms_p50": stats.p50,
+            "latency_ms_p99": stats.p99,
+            "throughput": round(stats.throughput, 2),
+            "throughput_unit": UNITS[model],
+        }
+
+
+def onnx_precision(path: str | os.PathLike) -> str:
+    """``"fp16"`` when most floating-point weights of the ONNX file are FP16, else ``"fp32"``."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    kinds = [i.data_type for i in model.graph.initializer if i.data_type in (1, 10)]
+    return "fp16" if kinds and kinds.count(10) > len(kinds) / 2 else "fp32"
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict:
+    """Host, CPU and GPU of this run."""
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = _run(
+        [
+            "nvidia-smi",
+            "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+            "--format=csv,noheader",
+        ]
+    )
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu or None,
+    }
+
+
+def versions() -> dict:
+    """Versions of everything that shapes the numbers."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in (
+        "numpy",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "torch",
+        "sam2",
+        "tritonclient",
+        "nvidia-pytriton",
+        "sam2-triton",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import onnxruntime
+
+        out["onnxruntime_module"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        out["torch_cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    return out
