@@ -311,7 +311,7 @@ def broken_server(tiny_repository, tmp_path_factory):
         grpc_port=free_port(),
         metrics_port=free_port(),
         config_name="cpu",
-        exit_timeout_s=2,
+        exit_timeout_s=0,
     )
     log = tmp_path_factory.mktemp("broken_log") / "tritonserver.log"
     with open(log, "w") as out:

@@ -134,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("outputs (with several prompt sets, _N is added to file names)")
     out.add_argument("--output", type=Path, metavar="PATH", help="the mask as an 8-bit PNG, 0/255")
     out.add_argument(
-        "--output-all", type=Path, metavar="DIR", help="every mask: DIR/mask_0.png, ..."
+        "--output-all",
+        type=Path,
+        metavar="DIR",
+        help="every mask: DIR/mask_0.png, ... (DIR/prompt_N_mask_K.png with several prompt sets)",
     )
     out.add_argument(
         "--visualize", type=Path, metavar="PATH", help="the image with mask, points and box drawn"

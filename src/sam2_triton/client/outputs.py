@@ -6,6 +6,7 @@ image size, so that any viewer shows them and ``load_image``-style tools read th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Sequence
@@ -33,7 +34,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to clean up if it was never created
+            tmp.unlink(missing_ok=True)
     return path
 
 

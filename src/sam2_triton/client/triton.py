@@ -184,17 +184,29 @@ class TritonBackend:
                 return fn(*args, **kwargs)
         except InferenceServerException as e:
             status = str(e.status() or "")
-            if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status:
+            if "DEADLINE_EXCEEDED" in status:
+                raise UserError(self._timed_out(action)) from None
+            if "UNAVAILABLE" in status:
                 raise UserError(self._unreachable(_message(e))) from None
             raise UserError(f"{action} failed on {self.url}: {_message(e)}") from None
-        except (OSError, TimeoutError) as e:
-            raise UserError(self._unreachable(_message(e) or type(e).__name__)) from None
+        except TimeoutError:
+            raise UserError(self._timed_out(action)) from None
+        except OSError as e:
+            raise UserError(self._unreachable(_message(e))) from None
         except Exception as e:
             # geventhttpclient's timeouts and protocol errors have no common base class.
             module = type(e).__module__ or ""
+            if module.startswith("gevent") and "Timeout" in type(e).__name__:
+                raise UserError(self._timed_out(action)) from None
             if module.startswith(("gevent", "geventhttpclient", "http.client")):
-                raise UserError(self._unreachable(_message(e) or type(e).__name__)) from None
+                raise UserError(self._unreachable(_message(e))) from None
             raise
+
+    def _timed_out(self, action: str) -> str:
+        return (
+            f"{action} on {self.url} timed out after {self.timeout_s:g} s "
+            "(raise timeout_s, or --timeout)"
+        )
 
     def _unreachable(self, reason: str) -> str:
         return (
