@@ -226,3 +226,11 @@ def test_as_rgb_arrays(photo):
         as_rgb(np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(UserError, match="empty"):
         as_rgb(np.zeros((0, 4, 3), np.uint8))
+
+
+def test_exif_orientation_on_16_bit_grayscale_png(tmp_path):
+    gray = (np.arange(12).reshape(3, 4) * 5000).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "g16.png", exif=_exif(6))
+    rgb = load_image(tmp_path / "g16.png")
+    expected = np.rot90(np.round(gray.astype(np.float64) * 255 / 65535).astype(np.uint8), -1)
+    assert rgb.shape == (4, 3, 3) and np.array_equal(rgb[..., 1], expected)

@@ -32,7 +32,8 @@ examples:
 
 prompts.json is a list of prompt sets, each with any of "points" ([[x, y], ...]),
 "labels" ([1, 0, ...], default all 1), "box" ([x0, y0, x1, y1]), "mask_input" (a .npy
-written by --save-low-res) and "multimask" (true/false, default --multimask). All are
+written by --save-low-res, relative to the prompts file) and "multimask" (true/false,
+default --multimask). All are
 decoded on one encoding of the image. Coordinates are pixels of the image as displayed
 (EXIF orientation applied), x to the right, y down.
 """

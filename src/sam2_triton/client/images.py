@@ -57,7 +57,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"cannot read image {path}: the file is empty")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Above ~89 MP Pillow warns, above ~179 MP it refuses (DecompressionBombError,
+            # reported below); big aerial or panorama photos in between are fine.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             rawmode = _rawmode(img)
             orientation = _orientation(img)
@@ -69,7 +71,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             return _pil_to_rgb(img, path)
     except UserError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise UserError(f"image {path} is too large to decode safely: {e}") from e
     except Exception as e:  # Pillow raises many types for corrupt data; all mean "unreadable"
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -24,6 +24,7 @@ from sam2_triton.client.images import as_rgb, load_image
 from sam2_triton.client.prompts import Prompt, make_prompt
 from sam2_triton.client.transforms import Sam2Transforms, clamp_low_res
 from sam2_triton.model_config import MAX_POINTS
+from sam2_triton.models import LOW_RES_MASK_SIZE
 
 #: Decoder outputs asked for: single mask (with SAM2's stability fall-back) or three masks.
 SINGLE_OUTPUTS = ("masks", "iou_predictions")
@@ -244,7 +245,7 @@ class Sam2Pipeline:
             prompt.points, prompt.labels, prompt.box, embedding.orig_hw
         )
         if prompt.mask_input is None:
-            mask = np.zeros((1, 1, 256, 256), np.float32)
+            mask = np.zeros((1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), np.float32)
             has_mask = np.zeros((1, 1), np.float32)
         else:
             mask = prompt.mask_input

@@ -98,7 +98,8 @@ class Sam2Transforms:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The decoder's ``point_coords`` ``[1, N, 2]`` and ``point_labels`` ``[1, N]`` (float32).
 
-        ``points`` ``[P, 2]`` and ``box`` ``[4]`` are in the original frame. As
+        ``points`` ``[P, 2]`` and ``box`` ``[4]`` are in the original frame, ``labels`` ``[P]``
+        (default all 1). As
         ``SAM2ImagePredictor._predict`` does, the box becomes its two corners labelled 2 and 3,
         placed *before* the click points (N = P + 2 with a box, else P).
         """
@@ -107,7 +108,10 @@ class Sam2Transforms:
             coords.append(self.transform_boxes(box, orig_hw).reshape(-1, 2))
             point_labels.append(np.asarray(BOX_LABELS, np.float32))
         if points is not None and len(points):
-            coords.append(self.transform_coords(np.asarray(points).reshape(-1, 2), orig_hw))
+            points = np.asarray(points).reshape(-1, 2)
+            coords.append(self.transform_coords(points, orig_hw))
+            if labels is None:  # all foreground
+                labels = np.ones(len(points))
             point_labels.append(np.asarray(labels, np.float32).reshape(-1))
         if not coords:
             raise ValueError("need at least one point or a box")

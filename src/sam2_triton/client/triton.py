@@ -66,8 +66,9 @@ class SharedRegion:
     def __init__(self, backend: TritonBackend, purpose: str, byte_size: int) -> None:
         import tritonclient.utils.shared_memory as shm
 
-        self.name = f"sam2_{os.getpid()}_{next(_counter)}_{purpose}"
-        self.key = f"/{self.name}_{uuid.uuid4().hex[:8]}"
+        # Unique on the server even for clients in other PID namespaces sharing /dev/shm.
+        self.name = f"sam2_{os.getpid()}_{uuid.uuid4().hex[:8]}_{next(_counter)}_{purpose}"
+        self.key = f"/{self.name}"
         self.byte_size = byte_size
         self._backend = backend
         self.handle = shm.create_shared_memory_region(self.name, self.key, byte_size)
