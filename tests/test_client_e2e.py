@@ -89,6 +89,16 @@ def assert_mask_matches(mask: np.ndarray, ref_logits: np.ndarray) -> None:
     assert differ <= MAX_MASK_MISMATCH, differ
 
 
+def encoder_count(server) -> int:
+    """Images the server's sam2_encoder has encoded so far."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        stats = client.get_inference_statistics("sam2_encoder")["model_stats"][0]
+        return int(stats["inference_count"])
+    finally:
+        client.close()
+
+
 # --- the CLI over HTTP, gRPC and shared memory ------------------------------------------------
 
 #: protocol, photo, and the prompt sets of one run (all kinds, single and multimask, spread
@@ -128,6 +138,7 @@ def test_cli_prompt_sets_and_refinement_equal_predictor(
     sets = [{**PROMPT_CASES[name].pixels(hw), "multimask": multi} for name, multi in cases]
     (tmp_path / "prompts.json").write_text(json.dumps(sets))
     common = ["--url", url, "--protocol", protocol, "--image", photo_files[photo]]
+    encodes = encoder_count(triton_server)
     proc = run_client(
         *common,
         "--prompts",
@@ -143,6 +154,7 @@ def test_cli_prompt_sets_and_refinement_equal_predictor(
         "--json",
     )
     report = json.loads(proc.stdout)
+    assert encoder_count(triton_server) == encodes + 1  # one encoding for all prompt sets
     assert (report["height"], report["width"]) == hw
     assert len(report["results"]) == len(sets)
     refs = []
@@ -196,15 +208,6 @@ def test_cli_prompt_sets_and_refinement_equal_predictor(
 
 
 # --- the library over the wire ------------------------------------------------------------------
-
-
-def encoder_count(server) -> int:
-    client = httpclient.InferenceServerClient(server.http_url)
-    try:
-        stats = client.get_inference_statistics("sam2_encoder")["model_stats"][0]
-        return int(stats["inference_count"])
-    finally:
-        client.close()
 
 
 def test_client_library_equals_predictor_and_caches(triton_server, photos, reference):
