@@ -25,7 +25,10 @@ class Sam2Client(Sam2Pipeline):
     (``"grpc"``, 8001) endpoint. ``shared_memory=True`` keeps the image and the embeddings in
     system shared memory registered with the server (client and server on one host): decode
     requests then carry only the prompts. ``cache_size`` embeddings are kept (LRU, keyed by
-    the image's pixels). Use as a context manager, or call :meth:`close`, to free the
+    the image's pixels). Once the server has answered, a request that fails because the
+    server restarts or is briefly unreachable is retried ``retries`` times with exponential
+    backoff (0.5 s doubling, at most 4 s apart; all calls are idempotent). Use as a context
+    manager, or call :meth:`close`, to free the
     connection and unregister the shared memory. Errors a user can fix are
     :class:`~sam2_triton.models.UserError`.
     """
@@ -41,12 +44,14 @@ class Sam2Client(Sam2Pipeline):
         encoder_model: str = ENCODER,
         decoder_model: str = DECODER,
         verbose: bool = False,
+        retries: int = 5,
     ) -> None:
         backend = TritonBackend(
             url,
             protocol,
             shared_memory=shared_memory,
             timeout_s=timeout_s,
+            retries=retries,
             encoder_model=encoder_model,
             decoder_model=decoder_model,
             verbose=verbose,

@@ -125,6 +125,10 @@ class SharedFeatures:
         }
 
 
+class _Transient(Exception):
+    """A failure that may pass: the server restarting, unreachable for a moment, or full."""
+
+
 class TritonBackend:
     """``sam2_encoder`` + ``sam2_decoder`` on the Triton server at ``url`` (``HOST:PORT``).
 
@@ -141,6 +145,8 @@ class TritonBackend:
         encoder_model: str = ENCODER,
         decoder_model: str = DECODER,
         verbose: bool = False,
+        retries: int = 5,
+        retry_backoff_s: float = 0.5,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
@@ -151,6 +157,9 @@ class TritonBackend:
         self.encoder_model = encoder_model
         self.decoder_model = decoder_model
         self.max_points = MAX_POINTS
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self._reached = False  # retries only once this client has talked to the server
         self._lock = threading.RLock()  # tritonclient's HTTP client is not thread-safe
         self._features: list[SharedFeatures] = []
         self._image_region: SharedRegion | None = None
@@ -173,7 +182,34 @@ class TritonBackend:
     # --- errors ------------------------------------------------------------------------------
 
     def _call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``; tritonclient and socket errors become one-line UserErrors."""
+        """``fn(*args, **kwargs)``; tritonclient and socket errors become one-line UserErrors.
+
+        Every call this client makes is idempotent (inference has no side effects), so once
+        the server has been reached, a transient failure (server restarting, unreachable,
+        queue full) is retried up to ``retries`` times with exponential backoff from
+        ``retry_backoff_s`` (capped at 4 s) before the error is raised. A server that was
+        never reached fails at once: that is a wrong address, not a restart. Timeouts are
+        not retried: the server may still be working on the request.
+        """
+        delay, start = self.retry_backoff_s, time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                result = self._call_once(action, fn, *args, **kwargs)
+                self._reached = True
+                return result
+            except _Transient as e:
+                if not self._reached or attempt == self.retries:
+                    gave_up = (
+                        f" (gave up after {attempt} retries in {time.monotonic() - start:.1f} s)"
+                        if attempt
+                        else ""
+                    )
+                    raise UserError(f"{e}{gave_up}") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 4.0)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         from tritonclient.utils import InferenceServerException
 
         if self._closed:
@@ -188,19 +224,21 @@ class TritonBackend:
             if "DEADLINE_EXCEEDED" in status:
                 raise UserError(self._timed_out(action)) from None
             if "UNAVAILABLE" in status:
-                raise UserError(self._unreachable(_message(e))) from None
+                raise _Transient(self._unreachable(_message(e))) from None
+            if "exceeds maximum queue size" in _message(e):
+                raise _Transient(f"{action} refused by {self.url}: {_message(e)}") from None
             raise UserError(f"{action} failed on {self.url}: {_message(e)}") from None
         except TimeoutError:
             raise UserError(self._timed_out(action)) from None
         except OSError as e:
-            raise UserError(self._unreachable(_message(e))) from None
+            raise _Transient(self._unreachable(_message(e))) from None
         except Exception as e:
             # geventhttpclient's timeouts and protocol errors have no common base class.
             module = type(e).__module__ or ""
             if module.startswith("gevent") and "Timeout" in type(e).__name__:
                 raise UserError(self._timed_out(action)) from None
             if module.startswith(("gevent", "geventhttpclient", "http.client")):
-                raise UserError(self._unreachable(_message(e))) from None
+                raise _Transient(self._unreachable(_message(e))) from None
             raise
 
     def _timed_out(self, action: str) -> str:
