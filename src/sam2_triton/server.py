@@ -10,6 +10,7 @@ the NGC image; only the ONNX Runtime backend is ours instead of NVIDIA's C++ one
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -32,14 +33,18 @@ BACKEND_SOURCE = Path(__file__).parent / "backend" / "onnxruntime" / "model.py"
 
 def tritonserver_dist() -> Path:
     """The ``pytriton/tritonserver`` folder of the installed wheel, or :class:`UserError`."""
+    # Locate the package without importing it: only its tritonserver folder is used, not
+    # PyTriton's Python API (nor its dependencies).
     try:
-        import pytriton
-    except ImportError:
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
         raise UserError(
             "tritonserver is not installed: pip install 'sam2-triton[serve]' "
             "(it comes with the nvidia-pytriton wheel)"
-        ) from None
-    dist = Path(pytriton.__file__).parent / "tritonserver"
+        )
+    dist = Path(spec.origin).parent / "tritonserver"
     if not (dist / "bin" / "tritonserver").is_file():
         raise UserError(f"tritonserver binary not found in {dist}; reinstall nvidia-pytriton")
     return dist
