@@ -21,12 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+MODELS = ("encoder", "decoder")
 
 
-def run(cmd: list[str], log) -> None:
+def run(cmd: list[str], log, env: dict[str, str]) -> None:
     t0 = time.time()
     print("$", " ".join(cmd), file=log, flush=True)
-    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"  ({time.time() - t0:.0f} s)", file=log, flush=True)
 
 
@@ -53,19 +54,25 @@ def export_size(size: str, out: Path, before: bool, threads: int) -> str:
     out_size = out / size
     out_size.mkdir(parents=True, exist_ok=True)
     ckpt = out / "ckpt" / f"{size}.pt"
-    with open(out / f"export_{size}.log", "w") as log:
-        run(
-            [
-                sys.executable,
-                str(ROOT / "scripts/make_random_checkpoint.py"),
-                "--model",
-                size,
-                "--out",
-                str(ckpt),
-            ],
-            log,
-        )
+    with open(out / f"export_{size}.log", "a") as log:
+        if not ckpt.is_file():
+            run(
+                [
+                    sys.executable,
+                    str(ROOT / "scripts/make_random_checkpoint.py"),
+                    "--model",
+                    size,
+                    "--out",
+                    str(ckpt),
+                ],
+                log,
+                env,
+            )
         for precision in ("fp32", "fp16"):
+            have = [(out_size / precision / f"sam2_{m}/1/model.onnx").is_file() for m in MODELS]
+            if all(have):
+                continue  # done by an earlier run
+            only = ["--only", "decoder"] if have[0] else []
             run(
                 [
                     sys.executable,
@@ -79,11 +86,16 @@ def export_size(size: str, out: Path, before: bool, threads: int) -> str:
                     "--precision",
                     precision,
                     "--no-configs",
+                    *only,
                 ],
                 log,
+                env,
             )
-        if before:
-            run([sys.executable, "-c", BEFORE, size, str(ckpt), str(out_size)], log)
+        done_before = all(
+            (out_size / "before_fp16" / f"sam2_{m}/1/model.onnx").is_file() for m in MODELS
+        )
+        if before and not done_before:
+            run([sys.executable, "-c", BEFORE, size, str(ckpt), str(out_size)], log, env)
     (out / f"{size}.done").write_text("ok\n")
     return size
 

@@ -31,16 +31,21 @@ start)
     mkdir -p "$W"
     nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
     python3 -c 'import sys, torch, onnx, onnxruntime as o; print(sys.version.split()[0], torch.__version__, torch.version.cuda, onnx.__version__, o.__version__)'
-    rm -rf "$W/py" "$W/code" && cp -r .carry_py "$W/py" && mkdir -p "$W/code" && cp -r src scripts "$W/code/"
+    rm -rf "$W/py" && cp -r .carry_py "$W/py"
     cat .carry1/part >"$W/$WHEEL.part"
+    bash "$0" exports "$@"
+    ;;
+exports)
     # Exports take minutes of CPU: they run on while the next calls bring the wheel.
+    rm -rf "$W/code" "$W"/*.done && mkdir -p "$W/code" && cp -r src scripts "$W/code/"
     PYTHONPATH="$W/py" setsid nohup python3 "$W/code/scripts/gpu/export_all.py" --out "$W" \
         --sizes "${1:-tiny,base_plus,large}" --before "${2:-tiny,base_plus}" >"$W/export.log" 2>&1 </dev/null &
-    sleep 2
+    sleep 5
     status
     ;;
 part)
     cat ".carry$1/part" >>"$W/$WHEEL.part"
+    [ -z "${2:-}" ] || bash "$0" exports
     status
     ;;
 install)

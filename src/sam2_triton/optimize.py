@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: attention maps, MLP activations), and ONNX Runtime accumulates softmax in FP32.
 FP16_OP_BLOCK_LIST: tuple[str, ...] = ("ReduceMean", "Pow", "Sqrt", "Sin", "Cos", "ArgMax")
 
-#: Node-name fragments kept in FP32: the point embedding's projection before ``Sin``/``Cos``.
+#: Node-name fragments kept in FP32 (the Mul/MatMul feeding ``Sin``/``Cos`` are kept anyway).
 FP16_NODE_BLOCK_PATTERNS: tuple[str, ...] = ("/pe_layer/",)
 
 _SSI_TEMP = "sym_shape_infer_temp.onnx"
@@ -281,9 +281,13 @@ def to_fp16(
 
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
     patterns = tuple(node_block_patterns)
-    blocked_nodes = [n.name for n in model.graph.node if any(p in n.name for p in patterns)]
     source = onnx.ModelProto()
     source.CopyFrom(model)  # the converter edits its argument in place
+    named = {n.name for n in source.graph.node if any(p in n.name for p in patterns)}
+    blocked_nodes = sorted(named | _fp32_neighbourhood(source))
+    _isolate_blocked_inputs(source, set(blocked), set(blocked_nodes))
+    wrapped = OnnxModel(source)
+    wrapped.topological_sort()
     converted = convert_float_to_float16(
         source,
         keep_io_types=True,
@@ -297,6 +301,53 @@ def to_fp16(
     wrapped.topological_sort()
     del wrapped.model.graph.value_info[:]
     return wrapped.model
+
+
+def _fp32_neighbourhood(model: "onnx.ModelProto", depth: int = 3) -> set[str]:
+    """Names of the arithmetic nodes feeding ``Sin``/``Cos`` (the point embedding's
+    projection ``2π · (coords @ G)``): kept FP32 with them."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    keep: set[str] = set()
+    frontier = [n for n in model.graph.node if n.op_type in ("Sin", "Cos")]
+    for _ in range(depth):
+        nxt = []
+        for node in frontier:
+            for name in node.input:
+                p = producers.get(name)
+                arithmetic = p is not None and p.op_type in ("Mul", "MatMul", "Add", "Sub", "Div")
+                if arithmetic and p.name not in keep:
+                    keep.add(p.name)
+                    nxt.append(p)
+        frontier = nxt
+    return keep
+
+
+def _isolate_blocked_inputs(model: "onnx.ModelProto", blocked_ops, blocked_nodes) -> int:
+    """Route each FP32-kept node's use of a shared tensor through its own ``Identity``.
+
+    Some ``onnxruntime.transformers.float16`` releases (1.30) name the ``Cast`` they put in
+    front of a kept node after the tensor alone, and emit it twice when two kept nodes
+    share the tensor (``sin(x)`` and ``cos(x)``): the graph is then not in SSA form. ONNX
+    Runtime removes the Identities when it loads the graph.
+    """
+    import onnx
+
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name:
+                uses[name] = uses.get(name, 0) + 1
+    added = []
+    for node in model.graph.node:
+        if node.op_type not in blocked_ops and node.name not in blocked_nodes:
+            continue
+        for k, name in enumerate(node.input):
+            if name and uses.get(name, 0) > 1:
+                alias = f"{name}__to_{node.name or node.op_type}_{k}".replace("/", "_")
+                added.append(onnx.helper.make_node("Identity", [name], [alias], name=alias))
+                node.input[k] = alias
+    model.graph.node.extend(added)
+    return len(added)
 
 
 def save_model(model: "onnx.ModelProto", path: str | os.PathLike) -> Path:
