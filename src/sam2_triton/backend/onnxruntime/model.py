@@ -90,6 +90,26 @@ def _load_cuda_libraries(log) -> None:
         log(f"onnxruntime.preload_dlls() did not run ({e}); relying on LD_LIBRARY_PATH")
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _session(path: Path, options, providers: list, log, name: str) -> "ort.InferenceSession":
+    """The session on ``providers``; without TensorRT if its libraries fail to load.
+
+    onnxruntime-gpu lists the TensorRT EP even where TensorRT itself is not installed; the
+    model should then run on CUDA rather than be unavailable.
+    """
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # noqa: BLE001
+        rest = [p for p in providers if not (isinstance(p, tuple) and p[0].startswith("Tensorrt"))]
+        if rest == providers:
+            raise
+        log(f"{name}: TensorRT EP failed ({_first_line(e)}); using {rest[0]}")
+        return ort.InferenceSession(str(path), options, providers=rest)
+
+
 class BadRequest(ValueError):
     """A request the model cannot run; the client gets its message with INVALID_ARG."""
 
@@ -232,11 +252,10 @@ class TritonPythonModel:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = _session(path, options, providers, log, self.name)
         except Exception as e:  # noqa: BLE001 - any load failure makes the model unavailable
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise pb_utils.TritonModelException(
-                f"{self.name}: cannot load {path}: {first}"
+                f"{self.name}: cannot load {path}: {_first_line(e)}"
             ) from None
         self.runner = make_runner(self.session, kind, device_id, self.config, log)
         log(
