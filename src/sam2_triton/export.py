@@ -257,14 +257,15 @@ def _torch_modules():
             # `where`, not a weighted sum, so garbage in an unused mask_input cannot leak in.
             use_mask = (has_mask_input > 0.5).reshape(-1, 1, 1, 1)
             dense = torch.where(use_mask, pe._embed_masks(mask_input), no_mask)
-            masks, iou, _, _ = self.mask_decoder.predict_masks(
-                image_embeddings=image_embeddings,
-                image_pe=self.dense_pe if self.precompute else pe.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                repeat_image=False,
-                high_res_features=[high_res_feats_0, high_res_feats_1],
-            )
+            with _broadcast_single_repeat(self.precompute):
+                masks, iou, _, _ = self.mask_decoder.predict_masks(
+                    image_embeddings=image_embeddings,
+                    image_pe=self.dense_pe if self.precompute else pe.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    repeat_image=False,
+                    high_res_features=[high_res_feats_0, high_res_feats_1],
+                )
             if self.mask_decoder.dynamic_multimask_via_stability:
                 single_masks, single_iou = self.mask_decoder._dynamic_multimask_via_stability(
                     masks, iou
@@ -294,6 +295,42 @@ def _fixed_pos_embed(trunk, pos_embed: "torch.Tensor | None") -> Iterator[None]:
         yield
     finally:
         del trunk._get_pos_embed
+
+
+@contextlib.contextmanager
+def _broadcast_single_repeat(active: bool) -> Iterator[None]:
+    """Trace ``torch.repeat_interleave(x, n, dim=0)`` of a batch-1 ``x`` as ``expand``.
+
+    The mask decoder repeats the (batch-1) positional encoding once per prompt set. The
+    legacy exporter writes ``repeat_interleave`` as OneHot → Reshape → Tile, whose repeat
+    counts are computed on the GPU and read by the host: ONNX Runtime copies them back on
+    every run. For one source row the result equals ``expand``, a pure broadcast.
+    """
+    if not active:
+        yield
+        return
+    import torch
+
+    original = torch.repeat_interleave
+
+    def repeat_interleave(input, repeats=None, dim=None, **kwargs):  # noqa: A002 - torch's name
+        if (
+            dim == 0
+            and not kwargs
+            and isinstance(input, torch.Tensor)
+            and input.dim() > 0
+            and input.shape[0] == 1
+            and not (isinstance(repeats, torch.Tensor) and repeats.numel() > 1)
+        ):
+            # ``repeats`` is passed through as traced (the prompt count), never as an int.
+            return input.expand(repeats, *([-1] * (input.dim() - 1)))
+        return original(input, repeats, dim=dim, **kwargs)
+
+    torch.repeat_interleave = repeat_interleave
+    try:
+        yield
+    finally:
+        torch.repeat_interleave = original
 
 
 def image_encoder(model: "SAM2Base") -> "torch.nn.Module":

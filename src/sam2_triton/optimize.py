@@ -337,6 +337,8 @@ def _isolate_blocked_inputs(model: "onnx.ModelProto", blocked_ops, blocked_nodes
         for name in node.input:
             if name:
                 uses[name] = uses.get(name, 0) + 1
+    for name in _int_constants(model):  # integer constants are never cast
+        uses.pop(name, None)
     added = []
     for node in model.graph.node:
         if node.op_type not in blocked_ops and node.name not in blocked_nodes:
@@ -392,9 +394,11 @@ def predicted_host_copies(model: "onnx.ModelProto") -> list[tuple[str, int, str]
     starting from the host outputs of ``Shape``/``Size``, a consumer goes to the CPU when
     every input is a host tensor it does not read as a host input, a small (≤ 100
     elements) initializer or a graph input. Each edge from such a node into a device
-    input is a ``MemcpyFromHost``. Returns ``(consumer node, input index, tensor)`` for
-    each. It ignores the session's own constant folding and kernels missing for a data
-    type, so it is a lead and a regression check; the saved optimized model of a CUDA
+    input is a ``MemcpyFromHost``; each device-computed tensor read as a host input (a
+    ``Tile``'s repeats, a ``Reshape``'s shape) is a ``MemcpyToHost``. Returns
+    ``(consumer node, input index, tensor)`` for each. It ignores the session's own
+    constant folding and kernels missing for a data type, so it is a lead and a regression
+    check; the saved optimized model of a CUDA
     session (``scripts/gpu/``) is the measurement.
     """
     import heapq
@@ -441,12 +445,20 @@ def predicted_host_copies(model: "onnx.ModelProto") -> list[tuple[str, int, str]
             for out in node.output:
                 for c in consumers.get(out, []):
                     heapq.heappush(candidates, c)
+    # ONNX Runtime folds nodes of constant inputs (a Cast of a constant) before placing.
+    constant = set(sizes)
+    for node in nodes:
+        if node.input and all(not name or name in constant for name in node.input):
+            constant.update(node.output)
     copies = []
+    computed = {out for node in nodes for out in node.output} - constant
     for index, node in enumerate(nodes):
         if index in cpu_nodes or node.op_type in ("Shape", "Size"):
             continue
         host_inputs = CUDA_HOST_INPUTS.get(node.op_type, frozenset())
         for k, name in enumerate(node.input):
             if name in host and k not in host_inputs:
-                copies.append((node.name, k, name))
+                copies.append((node.name, k, name))  # MemcpyFromHost
+            elif k in host_inputs and name in computed and name not in host:
+                copies.append((node.name, k, name))  # MemcpyToHost: device data read by host
     return copies

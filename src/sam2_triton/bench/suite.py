@@ -222,6 +222,8 @@ class Suite:
     # -- ONNX Runtime in process ----------------------------------------------------------
 
     def run_onnxruntime(self) -> None:
+        """Each graph in its own session, opened, measured and closed in turn (so the
+        device memory a session holds is its own); then both for the interactive case."""
         from sam2_triton.bench import ort as bort
 
         c = self.config
@@ -230,7 +232,6 @@ class Suite:
         except (ImportError, RuntimeError) as e:
             self.skip("onnxruntime", str(e))
             return
-        bindings = c.io_binding if c.device == "cuda" else (False,)
         for which in ("fp32", "fp16"):
             paths = {m: self._onnx_path(which, m) for m in ("encoder", "decoder")}
             if not any(paths.values()):
@@ -238,96 +239,106 @@ class Suite:
                 self.skip(f"onnxruntime {which}", f"no ONNX files given ({flag})")
                 continue
             precision = onnx_precision(next(p for p in paths.values() if p))
-            sessions = {}
-            for model, path in paths.items():
-                if path is None:
-                    continue
-                self._describe(f"ort {precision} {model}: session")
-                sessions[model] = bort.OrtSession.open(
-                    path, c.device, count_copies=c.count_copies and c.device == "cuda"
-                )
-                self.graphs.append(
-                    {"model": model, "precision": precision, "label": c.label}
-                    | sessions[model].graph
-                )
-            details = dict(
-                provider="CUDAExecutionProvider" if c.device == "cuda" else "CPUExecutionProvider",
-            )
+            for model in ("encoder", "decoder"):
+                if model in c.models and paths[model] is not None:
+                    self._ort_model(model, paths[model], precision)
+            if "interactive" in c.models and all(paths.values()):
+                self._ort_interactive(paths, precision)
+
+    def _ort_common(self, precision: str, io_binding: bool, conc: int) -> dict:
+        c = self.config
+        return dict(
+            config=c,
+            precision=precision,
+            device=c.device,
+            concurrency=conc,
+            io_binding=io_binding,
+            provider="CUDAExecutionProvider" if c.device == "cuda" else "CPUExecutionProvider",
+        )
+
+    def _ort_model(self, model: str, path: Path, precision: str) -> None:
+        from sam2_triton.bench import ort as bort
+
+        c = self.config
+        self._describe(f"ort {precision} {model}: session")
+        session = bort.OrtSession.open(
+            path, c.device, count_copies=c.count_copies and c.device == "cuda"
+        )
+        self.graphs.append(
+            {"model": model, "precision": precision, "label": c.label} | session.graph
+        )
+        bindings = c.io_binding if c.device == "cuda" else (False,)
+        batches = c.encoder_batches if model == "encoder" else c.decoder_batches
+        try:
             for io_binding in bindings:
                 for conc in c.ort_concurrency:
-                    common = dict(
-                        config=c,
-                        precision=precision,
-                        device=c.device,
-                        concurrency=conc,
-                        io_binding=io_binding,
-                        **details,
-                    )
-                    if "encoder" in c.models and "encoder" in sessions:
-                        for batch in c.encoder_batches:
-                            self._describe(f"ort {precision} encoder b{batch} io{int(io_binding)}")
-                            feeds = inputs.encoder_feeds(batch)
-                            make = sessions["encoder"].caller(feeds, io_binding)
-                            stats = self._measure(make, batch, conc)
-                            self.results.append(
-                                record("onnxruntime", "encoder", stats, batch=batch, **common)
-                            )
-                    if "decoder" in c.models and "decoder" in sessions:
-                        for batch in c.decoder_batches:
-                            self._describe(f"ort {precision} decoder b{batch} io{int(io_binding)}")
+                    for batch in batches:
+                        self._describe(f"ort {precision} {model} b{batch} io{int(io_binding)}")
+                        if model == "encoder":
+                            make = session.caller(inputs.encoder_feeds(batch), io_binding)
+                            extra = {}
+                        else:
                             feeds = inputs.decoder_feeds(batch, c.points)
-                            make = sessions["decoder"].caller(
+                            make = session.caller(
                                 feeds, io_binding, outputs=["masks", "iou_predictions"]
                             )
-                            stats = self._measure(make, batch, conc)
-                            self.results.append(
-                                record(
-                                    "onnxruntime",
-                                    "decoder",
-                                    stats,
-                                    batch=batch,
-                                    points=c.points,
-                                    **common,
-                                )
-                            )
-                    if "interactive" in c.models and len(sessions) == 2:
-                        self._describe(f"ort {precision} interactive io{int(io_binding)}")
-                        make = bort.interactive_caller(
-                            sessions["encoder"],
-                            sessions["decoder"],
-                            inputs.encoder_feeds(1),
-                            self._clicks(),
-                            io_binding,
-                        )
-                        stats = self._measure(make, 1, conc)
+                            extra = {"points": c.points}
+                        stats = self._measure(make, batch, conc)
+                        common = self._ort_common(precision, io_binding, conc)
                         self.results.append(
-                            record(
-                                "onnxruntime",
-                                "interactive",
-                                stats,
-                                batch=1,
-                                clicks=c.clicks,
-                                points=c.points,
-                                **common,
-                            )
+                            record("onnxruntime", model, stats, batch=batch, **extra, **common)
                         )
-            for model, session in sessions.items():
-                mem = session.memory_mb()
-                if mem is not None:
-                    self.memory.append(
-                        {
-                            "backend": "onnxruntime",
-                            "model": model,
-                            "model_size": c.model_size,
-                            "precision": precision,
-                            "label": c.label,
-                            "device_memory_mb": mem,
-                            "method": "cudaMemGetInfo used after the runs minus before the "
-                            "session (arena kSameAsRequested); sessions opened in sequence",
-                        }
+            mem = session.memory_mb()
+            if mem is not None:
+                self.memory.append(
+                    {
+                        "backend": "onnxruntime",
+                        "model": model,
+                        "model_size": c.model_size,
+                        "precision": precision,
+                        "label": c.label,
+                        "largest_batch": max(batches),
+                        "device_memory_mb": mem,
+                        "method": "cudaMemGetInfo: used after this session's runs minus used "
+                        "before it was created (arena kSameAsRequested, one session open)",
+                    }
+                )
+        finally:
+            session.close()
+
+    def _ort_interactive(self, paths: dict, precision: str) -> None:
+        from sam2_triton.bench import ort as bort
+
+        c = self.config
+        self._describe(f"ort {precision} interactive: sessions")
+        sessions = {m: bort.OrtSession.open(p, c.device) for m, p in paths.items()}
+        bindings = c.io_binding if c.device == "cuda" else (False,)
+        try:
+            for io_binding in bindings:
+                for conc in c.ort_concurrency:
+                    self._describe(f"ort {precision} interactive io{int(io_binding)}")
+                    make = bort.interactive_caller(
+                        sessions["encoder"],
+                        sessions["decoder"],
+                        inputs.encoder_feeds(1),
+                        self._clicks(),
+                        io_binding,
                     )
+                    stats = self._measure(make, 1, conc)
+                    self.results.append(
+                        record(
+                            "onnxruntime",
+                            "interactive",
+                            stats,
+                            batch=1,
+                            clicks=c.clicks,
+                            points=c.points,
+                            **self._ort_common(precision, io_binding, conc),
+                        )
+                    )
+        finally:
+            for session in sessions.values():
                 session.close()
-            sessions.clear()
             gc.collect()
 
     def _clicks(self) -> list[dict[str, np.ndarray]]:
