@@ -1,0 +1,62 @@
+"""``scripts/benchmark.py --quick`` against the real embedded Triton: its JSON, Markdown and plot.
+
+No timing is asserted (CI machines vary); the test checks that every case ran, that each
+Triton figure carries its in-process baseline and ratio, and that the files are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from conftest import run_script
+
+
+def test_quick_benchmark_against_embedded_triton(
+    triton_server, tiny_repository, tiny_checkpoint, tmp_path
+):
+    out = tmp_path / "bench"
+    proc = run_script(
+        "benchmark.py",
+        "--quick",
+        "--url",
+        triton_server.http_url,
+        "--grpc-url",
+        triton_server.grpc_url,
+        "--repository",
+        tiny_repository,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--out",
+        out,
+        "--no-progress",
+        timeout=600,
+    )
+    assert "wrote" in proc.stdout
+    report = json.loads((out / "results.json").read_text())
+    rows = report["results"]
+    assert rows, report
+    backends = {r["backend"] for r in rows}
+    assert {"onnxruntime", "pytorch", "triton"} <= backends, backends
+    models = {(r["backend"], r["model"]) for r in rows}
+    for model in ("encoder", "decoder", "interactive"):
+        assert ("triton", model) in models, models
+        assert ("onnxruntime", model) in models, models
+    triton = [r for r in rows if r["backend"] == "triton"]
+    assert {(r["protocol"], r["shared_memory"]) for r in triton} == {
+        (p, s) for p in ("http", "grpc") for s in ("none", "system")
+    }
+    for r in rows:
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"], r
+        assert r["throughput"] > 0 and r["calls"] >= 1, r
+    for r in triton:
+        base = r["baseline"]
+        assert base["backend"] == "onnxruntime" and base["latency_ms_p50"] > 0, r
+        ratio = r["latency_ms"]["p50"] / base["latency_ms_p50"]
+        assert math.isclose(r["ratio"]["p50_latency"], ratio, rel_tol=1e-2), r
+    assert report["versions"]["onnxruntime"] and report["machine"]["cpu_count"] >= 1
+    md = (out / "results.md").read_text()
+    assert md.count("| triton |") == len(triton), md
+    assert all("fp16" in s["case"] for s in report["skipped"]), report["skipped"]
+    assert (out / "latency_vs_concurrency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,119 @@
+"""The FP16 export (``--precision fp16``) keeps the contract and agrees with FP32.
+
+Runs ONNX Runtime on the CPU on real photos with the random-init tiny of ``conftest``.
+Random weights give small logits (|x| < 1), so the mask check is strict: a sign flip
+anywhere shows. Thresholds: encoder features within 1 % relative L2 (FP16 rounding is
+~5e-4 per op), no inf/NaN, masks' IoU ≥ 0.98 against FP32, IoU predictions within 1e-2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import run_script
+
+from sam2_triton.export import DECODER_OUTPUTS, ENCODER_OUTPUTS
+from sam2_triton.model_config import (
+    RepositoryParams,
+    check_config_against_onnx,
+    decoder_config,
+    encoder_config,
+)
+from sam2_triton.optimize import predicted_host_copies
+
+FLOAT16 = onnx.TensorProto.FLOAT16
+
+
+@pytest.fixture(scope="module")
+def fp16_repository(tmp_path_factory, tiny_checkpoint):
+    repo = tmp_path_factory.mktemp("fp16_repository")
+    run_script(
+        "export_onnx.py",
+        "--model",
+        "tiny",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--repository",
+        repo,
+        "--precision",
+        "fp16",
+        "--no-configs",
+    )
+    return repo
+
+
+def _session(repo, model):
+    path = str(repo / model / "1" / "model.onnx")
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def _image(photo) -> np.ndarray:
+    import cv2
+
+    x = cv2.resize(photo, (1024, 1024), interpolation=cv2.INTER_LINEAR) / 255.0
+    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def test_contract_unchanged(fp16_repository):
+    """FP32 inputs/outputs, same names and dims: the served configs need no change."""
+    params = RepositoryParams(model_size="tiny")
+    for config, model in (
+        (encoder_config(params), "sam2_encoder"),
+        (decoder_config(params), "sam2_decoder"),
+    ):
+        path = fp16_repository / model / "1" / "model.onnx"
+        assert check_config_against_onnx(config, path) == []
+        graph = onnx.load(str(path), load_external_data=False).graph
+        weights = [i.data_type for i in graph.initializer if i.data_type in (1, FLOAT16)]
+        assert weights.count(FLOAT16) > len(weights) / 2, "most weights should be FP16"
+
+
+def test_exports_need_no_host_copies(tiny_repository, fp16_repository):
+    """No shape arithmetic feeds device data (would make ORT's CUDA EP copy to/from host)."""
+    for repo in (tiny_repository, fp16_repository):
+        for model in ("sam2_encoder", "sam2_decoder"):
+            graph = onnx.load(str(repo / model / "1" / "model.onnx"), load_external_data=False)
+            assert predicted_host_copies(graph) == [], (repo, model)
+
+
+def test_fp16_agrees_with_fp32_on_photos(tiny_repository, fp16_repository, photos):
+    enc32, enc16 = _session(tiny_repository, "sam2_encoder"), _session(
+        fp16_repository, "sam2_encoder"
+    )
+    dec32, dec16 = _session(tiny_repository, "sam2_decoder"), _session(
+        fp16_repository, "sam2_decoder"
+    )
+    rng = np.random.default_rng(0)
+    for name, photo in photos.items():
+        image = _image(photo)
+        f32 = dict(zip(ENCODER_OUTPUTS, enc32.run(None, {"image": image})))
+        f16 = dict(zip(ENCODER_OUTPUTS, enc16.run(None, {"image": image})))
+        for key in ENCODER_OUTPUTS:
+            assert f16[key].dtype == np.float32 and np.isfinite(f16[key]).all(), (name, key)
+            rel = np.linalg.norm(f16[key] - f32[key]) / np.linalg.norm(f32[key])
+            assert rel < 1e-2, (name, key, rel)
+        prompts = {
+            "point_coords": (rng.random((1, 3, 2)) * 1024).astype(np.float32),
+            "point_labels": np.array([[1, 1, 0]], np.float32),
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros((1, 1), np.float32),
+        }
+        out32 = dict(zip(DECODER_OUTPUTS, dec32.run(None, {**f32, **prompts})))
+        out16 = dict(zip(DECODER_OUTPUTS, dec16.run(None, {**f16, **prompts})))
+        # A second click that feeds the first mask back exercises the mask path in FP16.
+        follow = {**prompts, "mask_input": np.clip(out32["masks"], -32, 32)}
+        follow["has_mask_input"] = np.ones((1, 1), np.float32)
+        out32b = dict(zip(DECODER_OUTPUTS, dec32.run(None, {**f32, **follow})))
+        out16b = dict(zip(DECODER_OUTPUTS, dec16.run(None, {**f16, **follow})))
+        for a, b in ((out32, out16), (out32b, out16b)):
+            for key in ("masks", "multimask_masks"):
+                assert np.isfinite(b[key]).all()
+                m32, m16 = a[key] > 0, b[key] > 0
+                iou = (m32 & m16).sum() / max((m32 | m16).sum(), 1)
+                assert iou >= 0.98, (name, key, iou)
+                assert np.abs(a[key] - b[key]).max() < 0.05, (name, key)
+            for key in ("iou_predictions", "multimask_iou_predictions"):
+                assert np.abs(a[key] - b[key]).max() < 1e-2, (name, key)
