@@ -71,6 +71,17 @@ def test_contract_unchanged(fp16_repository):
         assert weights.count(FLOAT16) > len(weights) / 2, "most weights should be FP16"
 
 
+def test_fp16_encoder_attention_is_fused(fp16_repository):
+    """Every Hiera block's attention runs as ONNX Runtime's MultiHeadAttention (flash
+    attention on the CUDA EP): no explicit attention map (Softmax) is left in the encoder."""
+    from sam2_triton.optimize import op_counts
+
+    graph = onnx.load(str(fp16_repository / "sam2_encoder/1/model.onnx"), load_external_data=False)
+    counts = op_counts(graph)
+    assert counts["MultiHeadAttention"] == 12, counts  # tiny: 1 + 2 + 7 + 2 blocks
+    assert counts["Softmax"] == 0, counts
+
+
 def test_exports_need_no_host_copies(tiny_repository, fp16_repository):
     """No shape arithmetic feeds device data (would make ORT's CUDA EP copy to/from host)."""
     for repo in (tiny_repository, fp16_repository):

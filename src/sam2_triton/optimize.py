@@ -18,6 +18,16 @@ weights and activations halve the bytes and run on the FP16 tensor cores. The gr
 inputs and outputs stay FP32 (:func:`to_fp16` with ``keep_io_types``) so the Triton
 contract is the same for both precisions; ops that overflow or lose too much in FP16 stay
 FP32 (:data:`FP16_OP_BLOCK_LIST`).
+
+Why attention fusion. As exported, each Hiera attention block is ``MatMul → Softmax →
+MatMul`` on explicit attention maps: the global-attention blocks of base_plus/large write
+``heads × 4096 × 4096`` scores per image (512 MiB in FP32) and read them back twice, so
+the encoder is bound by memory traffic and its working set grows to tens of GiB at batch
+8. :func:`fuse_attention` runs ONNX Runtime's own SAM2 fusion
+(``onnxruntime.transformers``, ``model_type="sam2"``), which rewrites those blocks to
+``com.microsoft.MultiHeadAttention``: flash / memory-efficient attention on the CUDA EP,
+a fused kernel on the CPU EP. The result is an ONNX Runtime graph: TensorRT does not
+run that contrib op, so the TensorRT path keeps the plain graph.
 """
 
 from __future__ import annotations
@@ -263,6 +273,35 @@ def fold_static_shapes(model: "onnx.ModelProto", max_rounds: int = 4) -> "onnx.M
         after["Shape"],
     )
     return model
+
+
+def fuse_attention(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """Attention, LayerNorm and GELU fused into ONNX Runtime's contrib ops.
+
+    Uses ``onnxruntime.transformers.optimizer.optimize_model(model_type="sam2")`` with
+    ``opt_level=0`` (pattern fusions only: no provider-specific rewrites are saved, the
+    file runs on the CPU and CUDA execution providers). ``model`` is left unchanged.
+    """
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    source = onnx.ModelProto()
+    source.CopyFrom(model)
+    before = op_counts(source)
+    fused = optimize_model(
+        source, model_type="sam2", num_heads=0, hidden_size=0, opt_level=0, use_gpu=True
+    ).model
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
+        fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    after = op_counts(fused)
+    log.info(
+        "attention fusion: %d MultiHeadAttention (Softmax %d -> %d), LayerNormalization %d",
+        after["MultiHeadAttention"],
+        before["Softmax"],
+        after["Softmax"],
+        after["LayerNormalization"],
+    )
+    return fused
 
 
 def to_fp16(

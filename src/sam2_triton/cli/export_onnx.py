@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         "is the same",
     )
     p.add_argument(
+        "--fuse-attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rewrite the image encoder's attention, LayerNorm and GELU to ONNX Runtime's "
+        "fused contrib ops (flash attention on the CUDA EP). Default: on with --precision "
+        "fp16 (the ONNX Runtime CUDA path), off with fp32 (the TensorRT path: TensorRT "
+        "does not run those ops)",
+    )
+    p.add_argument(
         "--no-configs",
         action="store_true",
         help="write the ONNX files only, leave config.pbtxt files as they are",
@@ -67,19 +76,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sam2_triton import export
 
     repo = args.repository
+    fuse = args.precision == "fp16" if args.fuse_attention is None else args.fuse_attention
     t0 = time.perf_counter()
     model = export.load_sam2(size, checkpoint)
     log.info("loaded %s from %s in %.1f s", size.name, checkpoint, time.perf_counter() - t0)
     if args.only in (None, "encoder"):
         t = time.perf_counter()
         path = export.export_encoder(
-            model, repo / "sam2_encoder" / "1" / "model.onnx", precision=args.precision
+            model,
+            repo / "sam2_encoder" / "1" / "model.onnx",
+            precision=args.precision,
+            fuse_attention=fuse,
         )
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
     if args.only in (None, "decoder"):
         t = time.perf_counter()
         path = export.export_decoder(
-            model, repo / "sam2_decoder" / "1" / "model.onnx", precision=args.precision
+            model,
+            repo / "sam2_decoder" / "1" / "model.onnx",
+            precision=args.precision,
         )
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
     if not args.no_configs:
