@@ -55,8 +55,14 @@ def test_quick_benchmark_against_embedded_triton(
         assert base["backend"] == "onnxruntime" and base["latency_ms_p50"] > 0, r
         ratio = r["latency_ms"]["p50"] / base["latency_ms_p50"]
         assert math.isclose(r["ratio"]["p50_latency"], ratio, rel_tol=1e-2), r
+        # Triton's own statistics split the server's share of each case.
+        served = r["server"]["sam2_decoder" if r["model"] == "decoder" else "sam2_encoder"]
+        assert served["requests"] >= r["calls"] and served["executions"] >= 1, r
+        phases = sum(served[f"{p}_ms"] for p in ("queue", "compute_input", "compute_infer"))
+        assert served["compute_infer_ms"] > 0 and phases <= served["success_ms"] * 1.05, r
     assert report["versions"]["onnxruntime"] and report["machine"]["cpu_count"] >= 1
     md = (out / "results.md").read_text()
     assert md.count("| triton |") == len(triton), md
+    assert "| compute infer |" in md
     assert all("fp16" in s["case"] for s in report["skipped"]), report["skipped"]
     assert (out / "latency_vs_concurrency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

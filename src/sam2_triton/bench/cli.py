@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import signal
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sam2_triton.bench import report as rep
     from sam2_triton.bench.suite import Suite
 
+    # A time limit (timeout(1), a scheduler) sends SIGTERM: end like Ctrl-C, so the cases
+    # measured so far are still written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="sam2-bench-") as tmp:
         if {"onnxruntime", "pytorch"} & set(config.backends):
             provision(config, Path(tmp))

@@ -63,6 +63,26 @@ def markdown(report: dict) -> str:
             + (f"{ratio['throughput']:.2f}" if ratio else "")
             + " |"
         )
+    served = [r for r in report["results"] if r.get("server")]
+    if served:
+        lines += [
+            "",
+            "Server side, per request (Triton's statistics over each case; client p50 for "
+            "comparison; the rest of the client's time is the client and the wire):",
+            "",
+            "| case | transport | conc. | served model | mean batch | client p50 ms "
+            "| server ms | queue | compute input | compute infer | compute output |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in served:
+            for model, st in r["server"].items():
+                lines.append(
+                    f"| {r['model']} {_size(r)} | {_transport(r)} | {r['concurrency']} "
+                    f"| {model} | {st['mean_batch']} | {r['latency_ms']['p50']:.2f} "
+                    f"| {st['success_ms']:.2f} | {st['queue_ms']:.2f} "
+                    f"| {st['compute_input_ms']:.2f} | {st['compute_infer_ms']:.2f} "
+                    f"| {st['compute_output_ms']:.2f} |"
+                )
     if report.get("graphs"):
         lines += [
             "",

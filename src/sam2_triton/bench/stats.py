@@ -61,6 +61,7 @@ def closed_loop(
     warmup: int = 3,
     min_time_s: float = 0.0,
     tick: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[list[float], float]:
     """Run ``concurrency`` closed-loop workers and return (latencies in s, wall time in s).
 
@@ -68,13 +69,14 @@ def closed_loop(
     own its client or I/O binding) and returns ``call(i)``, which does one timed request
     with input set ``i``. Each worker makes ``warmup`` untimed calls, then all start
     together and each makes at least ``iterations`` timed calls (more while ``min_time_s``
-    has not passed). Exceptions in a worker are re-raised here.
+    has not passed). Exceptions in a worker are re-raised here. ``on_start()`` runs once,
+    after every warm-up call and before the first timed one (e.g. a statistics snapshot).
     """
     if concurrency < 1 or iterations < 1:
         raise ValueError("concurrency and iterations must be >= 1")
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors: list[BaseException] = []
-    ready = threading.Barrier(concurrency + 1)
+    ready = threading.Barrier(concurrency + 1, action=on_start)
     finished = threading.Barrier(concurrency + 1)
     deadline = [0.0]
 
@@ -110,6 +112,8 @@ def closed_loop(
         call = make_call(0)
         for i in range(warmup):
             call(i)
+        if on_start is not None:
+            on_start()
         out: list[float] = []
         start = time.perf_counter()
         deadline[0] = start + min_time_s

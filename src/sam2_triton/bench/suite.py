@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import logging
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +26,9 @@ from sam2_triton.export import DECODER_INPUTS
 
 SCHEMA = "sam2-triton-benchmark/1"
 UNITS = {"encoder": "img/s", "decoder": "masks/s", "interactive": "sessions/s"}
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,13 +134,20 @@ class Suite:
         self.graphs: list[dict] = []
         self.memory: list[dict] = []
         self._bar = None
+        self._t0 = time.perf_counter()
 
     # -- bookkeeping ------------------------------------------------------------------
 
     def skip(self, case: str, reason: str) -> None:
         self.skipped.append({"case": case, "reason": reason})
 
-    def _measure(self, make: Callable, items: int, concurrency: int = 1):
+    def _measure(
+        self,
+        make: Callable,
+        items: int,
+        concurrency: int = 1,
+        on_start: Callable[[], None] | None = None,
+    ):
         c = self.config
         latencies, wall = closed_loop(
             make,
@@ -143,14 +155,18 @@ class Suite:
             iterations=c.iterations,
             warmup=c.warmup,
             min_time_s=c.min_time_s,
+            on_start=on_start,
         )
         if self._bar is not None:
             self._bar.update(1)
         return summarize(latencies, items, wall)
 
     def _describe(self, text: str) -> None:
-        if self._bar is not None:
+        if self._bar is not None and not self._bar.disable:
             self._bar.set_postfix_str(text[:60])
+        else:
+            # Without a bar (logs, CI), one line per case says where the time goes.
+            log.info("[%7.1f s] %s", time.perf_counter() - self._t0, text)
 
     def _onnx_path(self, precision: str, model: str) -> Path | None:
         repo = self.config.repository if precision == "fp32" else self.config.fp16_repository
@@ -188,6 +204,7 @@ class Suite:
     def run(self) -> dict:
         c = self.config
         started = dt.datetime.now(dt.timezone.utc)
+        self._t0 = time.perf_counter()
         try:
             from tqdm import tqdm
 
@@ -203,6 +220,9 @@ class Suite:
                 self.run_pytorch()
             if "triton" in c.backends:
                 self.run_triton()
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (a time limit): report what was measured so far.
+            self.skip("remaining cases", "interrupted")
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -492,6 +512,8 @@ class Suite:
                         caller.close()
 
     def _triton_cases(self, caller, info, device, wire, baselines) -> None:
+        from sam2_triton.model_config import DECODER, ENCODER
+
         c = self.config
         common = dict(
             config=c,
@@ -512,13 +534,24 @@ class Suite:
         if "interactive" in c.models:
             make = caller.interactive(inputs.encoder_feeds(1), self._clicks())
             cases.append(("interactive", 1, make, {"clicks": c.clicks, "points": c.points}))
+        from sam2_triton.bench import triton as btriton
+
+        served = [ENCODER, DECODER]
         for model, batch, make, extra in cases:
             for conc in c.concurrency:
                 self._describe(f"triton {caller.protocol} {caller.shm} {model} b{batch} c{conc}")
-                stats = self._measure(make, batch, conc)
+                before: dict = {}
+
+                def snapshot(into: dict = before) -> None:
+                    into.update(btriton.server_statistics(caller.target, served))
+
+                stats = self._measure(make, batch, conc, on_start=snapshot)
+                after = btriton.server_statistics(caller.target, served)
                 result = record(
                     "triton", model, stats, batch=batch, concurrency=conc, **extra, **common
                 )
+                # Taken after the warm-up calls: the means cover the timed calls only.
+                result["server"] = btriton.server_breakdown(before, after)
                 base = baselines.get((model, batch))
                 if base is None:
                     result["baseline"] = None

@@ -81,6 +81,61 @@ class TritonTarget:
         }
 
 
+#: Triton's per-model statistics (``/v2/models/<m>/stats``): where a request's time goes
+#: on the server. ``queue`` waits for an instance, ``compute_input`` copies inputs into the
+#: backend (for the python backend: into the stub's shared memory), ``compute_infer`` is
+#: model.py (ONNX Runtime and its device copies), ``compute_output`` hands outputs back.
+SERVER_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def server_statistics(target: "TritonTarget", models: list[str]) -> dict:
+    """Cumulative counts and nanoseconds per phase, and batch executions, per model."""
+    protocol = "http" if target.http_url else "grpc"
+    client = target.client(protocol)
+    try:
+        out = {}
+        for model in models:
+            stats = client.get_inference_statistics(model, **_as_json(protocol))
+            entry = stats["model_stats"][0]
+            inference = entry["inference_stats"]
+            out[model] = {
+                "requests": int(entry.get("inference_count", 0)),
+                "executions": int(entry.get("execution_count", 0)),
+                **{
+                    phase: int(inference.get(phase, {}).get("ns", 0))
+                    for phase in ("success", *SERVER_PHASES)
+                },
+            }
+        return out
+    finally:
+        client.close()
+
+
+def _as_json(protocol: str) -> dict:
+    return {"as_json": True} if protocol == "grpc" else {}
+
+
+def server_breakdown(before: dict, after: dict) -> dict:
+    """Per model between two :func:`server_statistics`: requests, executions (so the mean
+    dynamic batch), and the mean milliseconds per request of each phase."""
+    out = {}
+    for model, end in after.items():
+        start = before.get(model, {})
+        requests = end["requests"] - start.get("requests", 0)
+        executions = end["executions"] - start.get("executions", 0)
+        if requests <= 0:
+            continue
+        row = {
+            "requests": requests,
+            "executions": executions,
+            "mean_batch": round(requests / max(executions, 1), 2),
+        }
+        for phase in ("success", *SERVER_PHASES):
+            row[f"{phase}_ms"] = round((end[phase] - start.get(phase, 0)) / requests / 1e6, 3)
+        out[model] = row
+    return out
+
+
 @dataclass
 class _Region:
     name: str
