@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, one step per call of the device tool (a GPU
-# machine with torch, onnx and no network; see docs/gpu_notes.md for how it was driven).
+# machine with torch, onnx and no network; see docs/benchmarks.md).
 #
 # Carried into each call (git-ignored folders of the repo root):
 #   .carry_py/    pure-Python packages the machine lacks: sam2 (Meta), hydra, omegaconf,
 #                 antlr4, iopath (copied from a Python 3.11 venv; they run on 3.12)
 #   .carry1..5/   the onnxruntime-gpu 1.31.1 wheel (CUDA 13), split in 52 MiB parts
+#   .carry_pt/    nvidia-pytriton 0.7.0 (tritonserver) and tritonclient with its cp312 deps
 #
 #   bash scripts/gpu/run.sh start            # call 1, carry .carry_py .carry1
 #   bash scripts/gpu/run.sh part 2           # calls 2..5, carry .carryN
 #   bash scripts/gpu/run.sh install          # sha256, pip install --target, ceilings
 #   bash scripts/gpu/run.sh bench SIZE [benchmark.py flags...]
 #   bash scripts/gpu/run.sh before SIZE      # the unoptimised graphs of SIZE
+#   bash scripts/gpu/run.sh pytriton         # carry .carry_pt: pip install --target
+#   bash scripts/gpu/run.sh triton SIZE PRECISION [benchmark.py flags...]
+#                                            # serve_local.py (GPU configs) + benchmark
 set -euo pipefail
 W=/tmp/gpu
 WHEEL=onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
@@ -96,6 +100,47 @@ before)
         --backends onnxruntime --label before --out "$OUT/${size}_before" --no-progress "$@" 2>&1 |
         tee "$W/before_$size.log" | grep -v '^|' || true
     tail -n 40 "$OUT/${size}_before/results.md"
+    ;;
+pytriton)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry_pt/*.whl
+    ls /tmp/site | head -40
+    status
+    ;;
+triton)
+    size=$1 precision=$2
+    shift 2
+    for _ in $(seq 1 480); do [ -f "$W/$size.done" ] && break; sleep 1; done
+    repo="$W/$size/$precision"
+    # The python backend's stub embeds the interpreter without PYTHONPATH: the GPU build of
+    # ONNX Runtime must replace the CPU one in the environment itself.
+    if ! python3 -m pip show -q onnxruntime-gpu 2>/dev/null; then
+        python3 -m pip uninstall -q -y onnxruntime
+        python3 -m pip install -q --no-index --no-deps --no-cache-dir "$W/$WHEEL"
+    fi
+    export PYTHONPATH="/tmp/site:$W/py:$PWD/src"
+    # The GPU configs as committed for base_plus, rewritten for SIZE (TensorRT is asked
+    # for; without its libraries the backend logs the fallback to the CUDA EP).
+    python3 scripts/configure_repository.py --repository "$repo" --model "$size"
+    log="$OUT/server_${size}_${precision}.log"
+    python3 scripts/serve_local.py --repository "$repo" --http-port 8000 --grpc-port 8001 \
+        --metrics-port 8002 --ready-timeout 300 >"$log" 2>&1 &
+    server=$!
+    for _ in $(seq 1 300); do
+        curl -sf localhost:8000/v2/health/ready && break
+        kill -0 $server 2>/dev/null || { cat "$log"; exit 1; }
+        sleep 1
+    done
+    grep -E "model.py" "$log" | head -8
+    if grep -q "on CPUExecutionProvider" "$log"; then echo "backend on the CPU: stop"; exit 1; fi
+    mkdir -p "$OUT/triton_${size}_$precision"
+    timeout "${BENCH_TIMEOUT:-360}" python3 scripts/benchmark.py --model "$size" --device cuda --repository "$repo" \
+        --backends triton,onnxruntime --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 \
+        --label "triton $precision" --out "$OUT/triton_${size}_$precision" --no-progress "$@" 2>&1 |
+        grep -v '^|' || true
+    curl -s localhost:8002/metrics | grep -E "^nv_inference_(exec|request)_count|nv_gpu_memory_used" >"$OUT/triton_${size}_$precision/metrics.txt" || true
+    nvidia-smi --query-gpu=memory.used --format=csv >>"$OUT/triton_${size}_$precision/metrics.txt"
+    kill -TERM $server; wait $server || true
+    tail -n 50 "$OUT/triton_${size}_$precision/results.md"
     ;;
 *)
     echo "unknown step $step" >&2
