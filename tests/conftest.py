@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,24 @@ def run_script(name: str, *args: str, check: bool = True, timeout: float = 300, 
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextlib.contextmanager
+def serving(server, log_path: Path, allow_unavailable: bool = False) -> Iterator:
+    """Start ``server`` (an ``EmbeddedTriton``) logging to ``log_path``, wait until it is
+    ready (``allow_unavailable``: also with models that failed to load), and stop it on
+    leaving, also when the body fails. Sets ``server.log_path`` and ``server.ready_seconds``.
+    """
+    server.log_path = log_path
+    with open(log_path, "w") as log:
+        server.start(stdout=log, stderr=subprocess.STDOUT)
+        try:
+            server.ready_seconds = server.wait_ready(
+                timeout=120, allow_unavailable=allow_unavailable
+            )
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +97,6 @@ def triton_server(tiny_repository, tmp_path_factory):
     ``repository``, ``log_path`` and ``ready_seconds``. Stopped at the end of the session,
     also when tests fail.
     """
-    import subprocess
-
     from sam2_triton.server import EmbeddedTriton, free_port
 
     server = EmbeddedTriton(
@@ -89,11 +107,5 @@ def triton_server(tiny_repository, tmp_path_factory):
         config_name="cpu",
         exit_timeout_s=5,
     )
-    server.log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with open(server.log_path, "w") as log:
-        server.start(stdout=log, stderr=subprocess.STDOUT)
-        try:
-            server.ready_seconds = server.wait_ready(timeout=120)
-            yield server
-        finally:
-            server.stop()
+    with serving(server, tmp_path_factory.mktemp("triton") / "tritonserver.log"):
+        yield server

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
-from conftest import ROOT
+from conftest import ROOT, serving
 from PIL import Image
 from test_client_pipeline import (
     LOGIT_TOL,
@@ -317,13 +317,8 @@ def broken_server(tiny_repository, tmp_path_factory):
         exit_timeout_s=0,
     )
     log = tmp_path_factory.mktemp("broken_log") / "tritonserver.log"
-    with open(log, "w") as out:
-        server.start(stdout=out, stderr=subprocess.STDOUT)
-        try:
-            server.wait_ready(timeout=120, allow_unavailable=True)
-            yield server
-        finally:
-            server.stop()
+    with serving(server, log, allow_unavailable=True):
+        yield server
 
 
 def test_cli_model_not_ready(broken_server, photo_files):

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from conftest import SCRIPTS
+from conftest import SCRIPTS, serving
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from sam2_triton.server import EmbeddedTriton, free_port
@@ -268,21 +268,16 @@ def test_broken_model_file_leaves_other_models_serving(tiny_repository, tmp_path
     server = EmbeddedTriton(
         repo, free_port(), free_port(), free_port(), config_name="cpu", precheck=False
     )
-    with open(log_path, "w") as log:
-        server.start(stdout=log, stderr=subprocess.STDOUT)
-        try:
-            server.wait_ready(timeout=120, allow_unavailable=True)
-            unavailable = server.unavailable_models()
-            assert list(unavailable) == ["sam2_decoder"]
-            detail = "INVALID_PROTOBUF" if damage == "corrupt" else "file not found"
-            assert "sam2_decoder: cannot load" in unavailable["sam2_decoder"]
-            assert detail in unavailable["sam2_decoder"]
-            base = f"http://{server.http_url}/v2/models"
-            assert requests.get(f"{base}/sam2_encoder/ready").status_code == 200
-            assert requests.get(f"{base}/sam2_decoder/ready").status_code == 400
-            assert requests.get(f"{base}/sam2/ready").status_code == 400
-        finally:
-            server.stop()
+    with serving(server, log_path, allow_unavailable=True):
+        unavailable = server.unavailable_models()
+        assert list(unavailable) == ["sam2_decoder"]
+        detail = "INVALID_PROTOBUF" if damage == "corrupt" else "file not found"
+        assert "sam2_decoder: cannot load" in unavailable["sam2_decoder"]
+        assert detail in unavailable["sam2_decoder"]
+        base = f"http://{server.http_url}/v2/models"
+        assert requests.get(f"{base}/sam2_encoder/ready").status_code == 200
+        assert requests.get(f"{base}/sam2_decoder/ready").status_code == 400
+        assert requests.get(f"{base}/sam2/ready").status_code == 400
     assert "sam2_decoder: cannot load" in log_path.read_text()
 
 
