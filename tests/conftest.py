@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +110,39 @@ def triton_server(tiny_repository, tmp_path_factory):
     )
     with serving(server, tmp_path_factory.mktemp("triton") / "tritonserver.log"):
         yield server
+
+
+def decoder_feed(predictor, features: dict, prompt: dict, mask_input=None) -> dict:
+    """The decoder inputs the predictor builds for ``prompt`` (``point_coords``,
+    ``point_labels``, ``box`` in original pixels) on its set image: what
+    ``SAM2ImagePredictor.predict → _prep_prompts → _predict`` hands the prompt encoder,
+    plus ``features``."""
+    import torch
+
+    coords = prompt.get("point_coords")
+    labels = prompt.get("point_labels")
+    box = prompt.get("box")
+    mask, points, point_labels, box_t = predictor._prep_prompts(
+        None if coords is None else np.array(coords, np.float32),
+        None if labels is None else np.array(labels),
+        None if box is None else np.array(box, np.float32),
+        mask_input,
+        normalize_coords=True,
+    )
+    parts_xy, parts_l = [], []
+    if box_t is not None:  # box corners first, labelled 2 and 3
+        parts_xy.append(box_t.reshape(-1, 2, 2))
+        parts_l.append(torch.tensor([[2, 3]]))
+    if points is not None:
+        parts_xy.append(points)
+        parts_l.append(point_labels)
+    feed = dict(features)
+    feed["point_coords"] = torch.cat(parts_xy, dim=1).numpy().astype(np.float32)
+    feed["point_labels"] = torch.cat(parts_l, dim=1).numpy().astype(np.float32)
+    if mask is None:
+        feed["mask_input"] = np.zeros((1, 1, 256, 256), np.float32)
+        feed["has_mask_input"] = np.zeros((1, 1), np.float32)
+    else:
+        feed["mask_input"] = mask.numpy().astype(np.float32)
+        feed["has_mask_input"] = np.ones((1, 1), np.float32)
+    return feed

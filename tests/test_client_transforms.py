@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import decoder_feed
 
 from sam2_triton.client.transforms import Sam2Transforms, clamp_low_res
 
@@ -107,28 +108,15 @@ def test_clamp_low_res():
 
 
 def _predictor_prompt_tensors(predictor, orig_hw, points, labels, box):
-    """What SAM2ImagePredictor.predict → _prep_prompts → _predict hands the prompt encoder."""
+    """The predictor's prompt tensors (``decoder_feed``) for an image of ``orig_hw``."""
     saved = predictor._orig_hw
     predictor._orig_hw = [orig_hw]
     try:
-        _, coords, point_labels, unnorm_box = predictor._prep_prompts(
-            None if points is None else np.asarray(points, np.float32),
-            None if labels is None else np.asarray(labels),
-            None if box is None else np.asarray(box, np.float32),
-            None,
-            normalize_coords=True,
-        )
+        prompt = {"point_coords": points, "point_labels": labels, "box": box}
+        feed = decoder_feed(predictor, {}, prompt)
     finally:
         predictor._orig_hw = saved
-    concat = None if coords is None else (coords, point_labels)
-    if unnorm_box is not None:  # as _predict: box corners first, labelled 2 and 3
-        box_coords = unnorm_box.reshape(-1, 2, 2)
-        box_labels = torch.tensor([[2, 3]], dtype=torch.int).repeat(unnorm_box.size(0), 1)
-        if concat is None:
-            concat = (box_coords, box_labels)
-        else:
-            concat = (torch.cat([box_coords, concat[0]], 1), torch.cat([box_labels, concat[1]], 1))
-    return concat[0].numpy(), concat[1].numpy()
+    return feed["point_coords"], feed["point_labels"]
 
 
 PROMPTS = {

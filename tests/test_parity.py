@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
+from conftest import decoder_feed
 
 TOL = 1e-3
 
@@ -78,37 +78,6 @@ def prompt_cases(h: int, w: int) -> dict[str, dict]:
             point_labels=[0],
         ),
     }
-
-
-def decoder_feed(predictor, features: dict, prompt: dict, mask_input=None) -> dict:
-    """The decoder inputs the predictor builds for ``prompt`` (SAM2ImagePredictor._predict)."""
-    coords = prompt.get("point_coords")
-    labels = prompt.get("point_labels")
-    box = prompt.get("box")
-    mask, points, point_labels, box_t = predictor._prep_prompts(
-        None if coords is None else np.array(coords, np.float32),
-        None if labels is None else np.array(labels),
-        None if box is None else np.array(box, np.float32),
-        mask_input,
-        normalize_coords=True,
-    )
-    parts_xy, parts_l = [], []
-    if box_t is not None:  # box corners first, labelled 2 and 3
-        parts_xy.append(box_t.reshape(-1, 2, 2))
-        parts_l.append(torch.tensor([[2, 3]]))
-    if points is not None:
-        parts_xy.append(points)
-        parts_l.append(point_labels)
-    feed = dict(features)
-    feed["point_coords"] = torch.cat(parts_xy, dim=1).numpy().astype(np.float32)
-    feed["point_labels"] = torch.cat(parts_l, dim=1).numpy().astype(np.float32)
-    if mask is None:
-        feed["mask_input"] = np.zeros((1, 1, 256, 256), np.float32)
-        feed["has_mask_input"] = np.zeros((1, 1), np.float32)
-    else:
-        feed["mask_input"] = mask.numpy().astype(np.float32)
-        feed["has_mask_input"] = np.ones((1, 1), np.float32)
-    return feed
 
 
 def reference(predictor, prompt: dict, multimask: bool, mask_input=None):
