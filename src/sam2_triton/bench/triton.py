@@ -86,6 +86,8 @@ class TritonTarget:
 #: backend (for the python backend: into the stub's shared memory), ``compute_infer`` is
 #: model.py (ONNX Runtime and its device copies), ``compute_output`` hands outputs back.
 SERVER_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+#: With ``success``, the whole server-side time of the successful requests.
+_TIMED = ("success", *SERVER_PHASES)
 
 
 def server_statistics(target: "TritonTarget", models: list[str]) -> dict:
@@ -101,10 +103,7 @@ def server_statistics(target: "TritonTarget", models: list[str]) -> dict:
             out[model] = {
                 "requests": int(entry.get("inference_count", 0)),
                 "executions": int(entry.get("execution_count", 0)),
-                **{
-                    phase: int(inference.get(phase, {}).get("ns", 0))
-                    for phase in ("success", *SERVER_PHASES)
-                },
+                **{phase: int(inference.get(phase, {}).get("ns", 0)) for phase in _TIMED},
             }
         return out
     finally:
@@ -130,7 +129,7 @@ def server_breakdown(before: dict, after: dict) -> dict:
             "executions": executions,
             "mean_batch": round(requests / max(executions, 1), 2),
         }
-        for phase in ("success", *SERVER_PHASES):
+        for phase in _TIMED:
             row[f"{phase}_ms"] = round((end[phase] - start.get(phase, 0)) / requests / 1e6, 3)
         out[model] = row
     return out
@@ -171,9 +170,10 @@ class _Shm:
         self.regions.clear()
 
 
-def _nbytes(name: str, batch: int, points: int = 1, itemsize: int = 4) -> int:
-    dims = (batch, *(points if d == -1 else d for d in TENSOR_SHAPES[name]))
-    return int(np.prod(dims)) * itemsize
+def _output_shapes(names, batch: int) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Shapes and FP32 byte sizes of the outputs ``names`` for ``batch`` (the contract's)."""
+    shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in names}
+    return shapes, {n: int(np.prod(shape)) * 4 for n, shape in shapes.items()}
 
 
 class TritonCaller:
@@ -266,16 +266,12 @@ class TritonCaller:
     def encoder(self, feeds: list[dict[str, np.ndarray]], model: str = ENCODER):
         """Closed-loop factory: one ``sam2_encoder`` request per call, feeds in rotation."""
         batch = feeds[0]["image"].shape[0]
-        shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
-        sizes = {n: _nbytes(n, batch) for n in ENCODER_OUTPUTS}
-        return self._factory(model, feeds, ENCODER_OUTPUTS, shapes, sizes)
+        return self._factory(model, feeds, ENCODER_OUTPUTS, *_output_shapes(ENCODER_OUTPUTS, batch))
 
     def decoder(self, feeds: list[dict[str, np.ndarray]], model: str = DECODER):
         """Closed-loop factory: one ``sam2_decoder`` request per call, feeds in rotation."""
         batch = feeds[0]["point_coords"].shape[0]
-        shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in DECODE_OUTPUTS}
-        sizes = {n: _nbytes(n, batch) for n in DECODE_OUTPUTS}
-        return self._factory(model, feeds, DECODE_OUTPUTS, shapes, sizes)
+        return self._factory(model, feeds, DECODE_OUTPUTS, *_output_shapes(DECODE_OUTPUTS, batch))
 
     def _factory(self, model, feeds, output_names, shapes, sizes):
         def make(_worker: int):
@@ -304,10 +300,8 @@ class TritonCaller:
         mask) sent back. With shared memory the encoder writes the features into a region
         the decode requests read, so they never pass through the client."""
         batch = images[0]["image"].shape[0]
-        feat_shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
-        feat_sizes = {n: _nbytes(n, batch) for n in ENCODER_OUTPUTS}
-        mask_shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in DECODE_OUTPUTS}
-        mask_sizes = {n: _nbytes(n, batch) for n in DECODE_OUTPUTS}
+        feat_shapes, feat_sizes = _output_shapes(ENCODER_OUTPUTS, batch)
+        mask_shapes, mask_sizes = _output_shapes(DECODE_OUTPUTS, batch)
 
         def make(_worker: int):
             client, regions = self._client()
