@@ -89,14 +89,20 @@ def assert_mask_matches(mask: np.ndarray, ref_logits: np.ndarray) -> None:
     assert differ <= MAX_MASK_MISMATCH, differ
 
 
-def encoder_count(server) -> int:
-    """Images the server's sam2_encoder has encoded so far."""
+def inference_count(server, model: str) -> int:
+    """Inferences ``model`` has run so far: batch rows, or requests where Triton does not
+    batch the model (sam2_decoder_prompts)."""
     client = httpclient.InferenceServerClient(server.http_url)
     try:
-        stats = client.get_inference_statistics("sam2_encoder")["model_stats"][0]
+        stats = client.get_inference_statistics(model)["model_stats"][0]
         return int(stats["inference_count"])
     finally:
         client.close()
+
+
+def encoder_count(server) -> int:
+    """Images the server's sam2_encoder has encoded so far."""
+    return inference_count(server, "sam2_encoder")
 
 
 # --- the CLI over HTTP, gRPC and shared memory ------------------------------------------------
@@ -231,6 +237,20 @@ def test_client_library_equals_predictor_and_caches(triton_server, photos, refer
         prev = reference.predict("chelsea", image, True, **one_point)
         prev = prev.low_res[np.argmax(prev.iou)][None]
         assert_matches(pred, reference.predict("chelsea", image, False, mask_input=prev, **second))
+        # Many prompt sets at once: those of equal point count share one sam2_decoder_prompts
+        # request (the features sent once), each answer equal to the predictor's.
+        h, w = hw
+        clicks = [{"points": [[w * x, h * 0.5]], "labels": [1]} for x in (0.2, 0.5, 0.8)]
+        sets = [case.pixels(hw) for case in PROMPT_CASES.values()] + clicks
+        requests_before = inference_count(triton_server, "sam2_decoder_prompts")
+        for multimask in (False, True):
+            preds = client.decode_batch(embedding, sets, multimask=multimask)
+            assert len(preds) == len(sets)
+            for pred, prompt in zip(preds, sets):
+                assert_matches(pred, reference.predict("chelsea", image, multimask, **prompt))
+        # Per call, one request for the 4 sets of 1 point and one for the 2 sets of 3 points;
+        # the lone box (2 points) went to sam2_decoder.
+        assert inference_count(triton_server, "sam2_decoder_prompts") == requests_before + 2 * 2
         # The embedding cache: the same pixels again are not sent to the encoder.
         again = client.encode_image(image.copy())
         assert again is embedding and client.stats.hits == 1
@@ -250,6 +270,10 @@ def test_shared_memory_mode(triton_server, photos, reference):
         registered = {r["name"] for r in admin.get_system_shared_memory_status()}
         assert set(regions) <= registered
         assert_matches(client.decode(embedding, **prompt, multimask=True), ref)
+        # A prompt batch reads the same region: K prompt sets, no features in the request.
+        batch = client.decode_batch(embedding, [prompt] * 3, multimask=True)
+        for pred in batch:
+            assert_matches(pred, ref)
 
         # The decoder reads the features from shared memory, not from the request: zeroing
         # the region changes the result.

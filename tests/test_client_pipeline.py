@@ -257,3 +257,42 @@ def test_points_on_the_border_and_default_labels(pipeline, photos):
     assert pred.prompt.labels.tolist() == [1, 1]
     pred = pipeline.decode(embedding, points=[[1, 1]] * 62, box=[0, 0, 451, 300])  # 64 in all
     assert pred.masks.shape == (1, 300, 451)
+
+
+def test_decode_batch_splits_by_point_count_and_max_prompts(pipeline, photos):
+    """decode_batch: one backend run per (point count, ≤ max_prompts) chunk, answers in the
+    caller's order, each equal to decode() of that prompt set alone."""
+    image = photos["astronaut"]
+    embedding = pipeline.encode_image(image)
+    h, w = image.shape[:2]
+    sets = [{"points": [[w * (i + 1) / 9, h / 2]]} for i in range(7)]
+    sets.insert(3, {"box": [w * 0.1, h * 0.1, w * 0.9, h * 0.9]})
+    backend = pipeline.backend
+    calls = []
+    run = backend.decode
+    backend.decode = lambda f, p, o: calls.append(len(p["point_coords"])) or run(f, p, o)
+    backend.max_prompts = 3
+    try:
+        batch = pipeline.decode_batch(embedding, sets, multimask=True)
+    finally:
+        del backend.decode
+        backend.max_prompts = 64
+    assert sorted(calls) == [1, 1, 3, 3]  # 7 one-point sets in chunks of 3; the box alone
+    for pred, prompt in zip(batch, sets):
+        alone = pipeline.decode(embedding, **prompt, multimask=True)
+        assert np.abs(pred.low_res_logits - alone.low_res_logits).max() <= 1e-4
+        assert np.abs(pred.iou_predictions - alone.iou_predictions).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ([{"points": [[1, 1]]}, {"point": [[1, 1]]}], "prompt set 2: unknown key"),
+        ([{"points": [[1, 1]]}, [[1, 1]]], "prompt set 2: expected a mapping"),
+        ([{"box": [5, 5, 1, 1]}], "prompt set 1: .*box"),
+    ],
+)
+def test_decode_batch_user_errors_name_the_prompt_set(pipeline, photos, prompts, message):
+    embedding = pipeline.encode_image(photos["chelsea"])
+    with pytest.raises(UserError, match=message):
+        pipeline.decode_batch(embedding, prompts)

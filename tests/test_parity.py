@@ -147,8 +147,41 @@ def test_batch_of_two_equals_two_single_runs(encoder, decoder, encoded, predicto
             assert np.abs(got[i] - single[0]).max() <= 1e-4
 
 
+@pytest.mark.parametrize("multimask", [False, True])
+def test_prompt_batch_matches_batched_predictor(predictor, decoder, encoded, photos, multimask):
+    """K prompt sets against one image's ``[1, ...]`` features (what sam2_decoder_prompts
+    takes) equal Meta's batched ``predict`` (``[K, N, 2]`` points, ``[K, 4]`` boxes)."""
+    image = photos["coffee"]
+    h, w = image.shape[:2]
+    set_image(predictor, encoded, "coffee")
+    features = encoded["coffee"][1]
+    frac_points = [[[0.2, 0.3], [0.5, 0.5]], [[0.7, 0.4], [0.1, 0.9]], [[0.5, 0.2], [0.3, 0.6]]]
+    points = np.array(frac_points, np.float32) * [w, h]
+    labels = np.array([[1, 0], [1, 1], [1, 0]])
+    frac_boxes = [[0.1, 0.1, 0.6, 0.7], [0.3, 0.2, 0.9, 0.8], [0.0, 0.0, 0.5, 0.5]]
+    boxes = np.array(frac_boxes, np.float32) * [w, h, w, h]
+    for batch in (dict(point_coords=points, point_labels=labels), dict(box=boxes)):
+        _, ref_iou, ref_low = predictor.predict(
+            **batch, multimask_output=multimask, return_logits=True
+        )
+        rows = [
+            decoder_feed(predictor, features, {k: v[i] for k, v in batch.items()}) for i in range(3)
+        ]
+        feed = dict(features)  # once, batch 1
+        for name in ("point_coords", "point_labels", "mask_input", "has_mask_input"):
+            feed[name] = np.concatenate([r[name] for r in rows])
+        masks, iou, multi_masks, multi_iou = decoder.run(None, feed)
+        got_masks, got_iou = (multi_masks, multi_iou) if multimask else (masks, iou)
+        assert got_masks.shape == ref_low.shape == (3, 3 if multimask else 1, 256, 256)
+        assert np.abs(got_masks - ref_low).max() <= TOL
+        assert np.abs(got_iou - ref_iou).max() <= TOL
+
+
 def test_graphs_pass_onnx_checker(tiny_repository):
     import onnx
 
     for model in ("sam2_encoder", "sam2_decoder"):
         onnx.checker.check_model(str(tiny_repository / model / "1" / "model.onnx"), full_check=True)
+    # sam2_decoder_prompts serves the very same graph under its own config.
+    prompts = tiny_repository / "sam2_decoder_prompts/1/model.onnx"
+    assert prompts.read_bytes() == (tiny_repository / "sam2_decoder/1/model.onnx").read_bytes()

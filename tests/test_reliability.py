@@ -350,15 +350,17 @@ def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):
 
 
 def test_every_model_config_bounds_its_queue_and_points():
-    from sam2_triton.model_config import MAX_POINTS, repository_configs
+    from sam2_triton.model_config import MAX_POINTS, MAX_PROMPTS, repository_configs
 
     for path, config in repository_configs().items():
         if config.platform == "ensemble":
             continue
         policy = config.dynamic_batching.default_queue_policy
         assert 0 < policy.max_queue_size <= 1024, path
-        if config.name == "sam2_decoder":
+        if config.name in ("sam2_decoder", "sam2_decoder_prompts"):
             assert config.parameters["max_points"].string_value == str(MAX_POINTS), path
+        if config.name == "sam2_decoder_prompts":
+            assert config.parameters["max_prompts"].string_value == str(MAX_PROMPTS), path
 
 
 def test_embedded_server_defaults_are_local_and_static(tiny_repository):

@@ -71,6 +71,9 @@ def features(local, image) -> dict:
     return dict(zip(ENCODER_OUTPUTS, local["encoder"].run(None, {"image": image})))
 
 
+SERVED = ("sam2_encoder", "sam2_decoder", "sam2_decoder_prompts", "sam2")
+
+
 def prompts(n_points: int = 3, batch: int = 1) -> dict:
     rng = np.random.default_rng(n_points)
     return {
@@ -85,7 +88,7 @@ def test_ready_within_budget(triton_server):
     assert triton_server.ready_seconds < 60
     assert requests.get(f"http://{triton_server.http_url}/v2/health/live").status_code == 200
     assert requests.get(f"http://{triton_server.http_url}/v2/health/ready").status_code == 200
-    for model in ("sam2_encoder", "sam2_decoder", "sam2"):
+    for model in SERVED:
         url = f"http://{triton_server.http_url}/v2/models/{model}/ready"
         assert requests.get(url).status_code == 200, model
 
@@ -108,7 +111,11 @@ def test_metadata_and_config_over_rest(triton_server):
         "sam2_decoder",
     ]
     models = requests.post(f"http://{triton_server.http_url}/v2/repository/index").json()
-    assert {m["name"] for m in models} == {"sam2_encoder", "sam2_decoder", "sam2"}
+    assert {m["name"] for m in models} == set(SERVED)
+    prompt_batch = requests.get(f"{base}/sam2_decoder_prompts").json()
+    shapes = {t["name"]: t["shape"] for t in prompt_batch["inputs"]}
+    assert shapes["image_embeddings"] == [1, 256, 64, 64]
+    assert shapes["point_coords"] == [-1, -1, 2]
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -129,6 +136,29 @@ def test_encoder_decoder_ensemble_equal_in_process(triton_server, local, image, 
     ensemble = infer(module, client, "sam2", {"image": image, **prompts(3)})
     assert np.abs(ensemble["masks"] - expected["masks"]).max() <= TOL
     assert np.abs(ensemble["iou_predictions"] - expected["iou_predictions"]).max() <= TOL
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_prompt_batch_on_one_image_equals_one_request_per_prompt(triton_server, features, protocol):
+    """sam2_decoder_prompts: the features once, K prompt sets → what K requests of
+    sam2_decoder give (each carrying its own copy of the features)."""
+    module, client = _clients(triton_server)[protocol]
+    k = 5
+    batch = prompts(3, batch=k)
+    batch["point_coords"] += np.arange(k, dtype=np.float32)[:, None, None] * 37  # distinct
+    served = infer(module, client, "sam2_decoder_prompts", {**features, **batch})
+    assert served["masks"].shape == (k, 1, 256, 256)
+    assert served["multimask_iou_predictions"].shape == (k, 3)
+    for i in range(k):
+        one = infer(
+            module,
+            client,
+            "sam2_decoder",
+            {**features, **{n: v[i : i + 1] for n, v in batch.items()}},
+        )
+        for name, value in one.items():
+            assert np.abs(served[name][i : i + 1] - value).max() <= TOL, (i, name)
+    assert np.abs(served["masks"][0] - served["masks"][1]).max() > 10 * TOL  # not one mask K times
 
 
 def test_only_requested_outputs_are_returned(triton_server, features):
@@ -160,7 +190,7 @@ def test_dynamic_batching_batches_concurrent_requests(triton_server, features):
 
 def test_metrics_include_sam2_models(triton_server):
     text = requests.get(triton_server.metrics_url).text
-    for model in ("sam2_encoder", "sam2_decoder", "sam2"):
+    for model in SERVED:
         assert f'nv_inference_request_success{{model="{model}",version="1"}}' in text, model
 
 
@@ -187,6 +217,8 @@ def bad_requests(features) -> dict:
     mismatch = {**good, "point_labels": np.ones((1, 3), np.float32)}
     bad_label = {**good, "point_labels": np.array([[1, 7]], np.float32)}
     missing = {k: v for k, v in good.items() if k != "has_mask_input"}
+    three = prompts(2, batch=3)
+    rows_differ = {**features, **three, "mask_input": three["mask_input"][:2]}
     return {
         "wrong_shape": ("sam2_encoder", {"image": np.zeros((1, 3, 64, 64), np.float32)}, "shape"),
         "wrong_dtype": ("sam2_encoder", {"image": np.zeros((1, 3, 4, 4), np.float64)}, "data-type"),
@@ -195,6 +227,17 @@ def bad_requests(features) -> dict:
         "too_many_points": ("sam2_decoder", {**features, **prompts(65)}, "at most 64"),
         "labels_do_not_match_points": ("sam2_decoder", mismatch, "does not match"),
         "unknown_label": ("sam2_decoder", bad_label, "point_labels must be"),
+        "prompt_rows_differ": ("sam2_decoder_prompts", rows_differ, "has 2 rows but point_coords"),
+        "too_many_prompt_sets": (
+            "sam2_decoder_prompts",
+            {**features, **prompts(2, batch=65)},
+            "at most 64 are allowed",
+        ),
+        "features_of_two_images": (
+            "sam2_decoder_prompts",
+            {**{n: np.repeat(v, 2, 0) for n, v in features.items()}, **prompts(2, batch=2)},
+            "Expected [1,",
+        ),
     }
 
 
@@ -208,6 +251,9 @@ def bad_requests(features) -> dict:
         "too_many_points",
         "labels_do_not_match_points",
         "unknown_label",
+        "prompt_rows_differ",
+        "too_many_prompt_sets",
+        "features_of_two_images",
     ],
 )
 def test_bad_input_gets_400_and_server_stays_ready(triton_server, features, case):

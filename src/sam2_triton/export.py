@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -370,6 +371,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def copy_graph(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Copy an exported graph to another model's version folder, atomically.
+
+    ``sam2_decoder_prompts`` serves the very graph of ``sam2_decoder`` under another config;
+    a copy (not a link) keeps each model folder whole wherever the repository is mounted.
+    """
+    destination = Path(destination)
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(source, tmp)
+    return destination
 
 
 def _remove_stale_partials(final: Path) -> None:

@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="configure_repository.py",
         description="Write config.pbtxt (GPU) and configs/cpu.pbtxt (CPU) for sam2_encoder, "
-        "sam2_decoder and the sam2 ensemble. Flags change the GPU configs; the CPU configs "
-        "keep their defaults. The ONNX files are not touched.",
+        "sam2_decoder, sam2_decoder_prompts and the sam2 ensemble. Flags change the GPU "
+        "configs; the CPU configs keep their defaults. The ONNX files are not touched.",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--model", default=d.model_size, choices=list(MODEL_SIZES))
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in mc.write_repository_configs(args.repository, gpu=gpu):
             print(f"wrote {path}")
     problems = []
-    for model in (mc.ENCODER, mc.DECODER):
+    for model in (mc.ENCODER, mc.DECODER, mc.DECODER_PROMPTS):
         onnx = args.repository / model / "1" / "model.onnx"
         if not onnx.is_file():
             print(f"note: {onnx} not exported yet; configs not checked against it")

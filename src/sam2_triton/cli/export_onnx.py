@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="export_onnx.py",
         description="Export SAM2.1's image encoder and prompt encoder + mask decoder to ONNX "
-        "inside a Triton model repository (sam2_encoder, sam2_decoder, sam2 ensemble).",
+        "inside a Triton model repository (sam2_encoder, sam2_decoder, "
+        "sam2_decoder_prompts, sam2 ensemble).",
     )
     p.add_argument(
         "--model", required=True, metavar="SIZE", help=f"one of {', '.join(MODEL_SIZES)}"
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             precision=args.precision,
         )
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
+        copy = export.copy_graph(path, repo / "sam2_decoder_prompts" / "1" / "model.onnx")
+        log.info("wrote %s (the same graph, for K prompts on one image)", copy)
     if not args.no_configs:
         from sam2_triton import model_config
 

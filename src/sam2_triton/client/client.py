@@ -8,6 +8,7 @@
 ...     pred.masks.shape                                     # (1, H, W) bool
 ...     refined = client.decode(embedding, points=[[500, 375], [300, 200]], labels=[1, 0],
 ...                             mask_input=pred.low_res_logits[0])
+...     many = client.decode_batch(embedding, [{"points": [[x, 100]]} for x in range(0, 500, 50)])
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from sam2_triton.client.pipeline import Sam2Pipeline
 from sam2_triton.client.transforms import Sam2Transforms
 from sam2_triton.client.triton import TritonBackend
-from sam2_triton.model_config import DECODER, ENCODER
+from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER
 
 
 class Sam2Client(Sam2Pipeline):
@@ -24,7 +25,9 @@ class Sam2Client(Sam2Pipeline):
     ``url`` is ``HOST:PORT`` of the HTTP (``protocol="http"``, port 8000 by default) or gRPC
     (``"grpc"``, 8001) endpoint. ``shared_memory=True`` keeps the image and the embeddings in
     system shared memory registered with the server (client and server on one host): decode
-    requests then carry only the prompts. ``cache_size`` embeddings are kept (LRU, keyed by
+    requests then carry only the prompts. :meth:`decode_batch` sends the prompt sets of one
+    image together to ``prompt_batch_model`` (``sam2_decoder_prompts``), the image's features
+    once per request. ``cache_size`` embeddings are kept (LRU, keyed by
     the image's pixels). Once the server has answered, a request that fails because the
     server restarts or is briefly unreachable is retried ``retries`` times with exponential
     backoff (0.5 s doubling, at most 4 s apart; all calls are idempotent). Use as a context
@@ -43,6 +46,7 @@ class Sam2Client(Sam2Pipeline):
         timeout_s: float = 120.0,
         encoder_model: str = ENCODER,
         decoder_model: str = DECODER,
+        prompt_batch_model: str = DECODER_PROMPTS,
         verbose: bool = False,
         retries: int = 5,
     ) -> None:
@@ -54,6 +58,7 @@ class Sam2Client(Sam2Pipeline):
             retries=retries,
             encoder_model=encoder_model,
             decoder_model=decoder_model,
+            prompt_batch_model=prompt_batch_model,
             verbose=verbose,
         )
         super().__init__(backend=backend, cache_size=cache_size, transforms=Sam2Transforms())

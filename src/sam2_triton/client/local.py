@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sam2_triton.export import ENCODER_OUTPUTS
-from sam2_triton.model_config import DECODER, ENCODER, MAX_POINTS
+from sam2_triton.model_config import DECODER, ENCODER, MAX_POINTS, MAX_PROMPTS
 from sam2_triton.models import UserError
 
 
@@ -40,6 +40,7 @@ class OnnxRuntimeBackend:
             sessions.append(ort.InferenceSession(str(path), providers=list(providers)))
         self.encoder, self.decoder = sessions
         self.max_points = max_points
+        self.max_prompts = MAX_PROMPTS
 
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """``image`` ``[1, 3, 1024, 1024]`` → the three feature maps (``ENCODER_OUTPUTS``)."""
@@ -51,7 +52,10 @@ class OnnxRuntimeBackend:
         prompts: Mapping[str, np.ndarray],
         outputs: Sequence[str],
     ) -> dict[str, np.ndarray]:
-        """Decoder outputs ``outputs`` for ``features`` + ``prompts`` (ONNX contract names)."""
+        """Decoder outputs ``outputs`` for ``features`` + ``prompts`` (ONNX contract names).
+
+        ``[1, ...]`` features with ``[K, ...]`` prompts give K rows: the graph broadcasts.
+        """
         feed = {**features, **prompts}
         return dict(zip(outputs, self.decoder.run(list(outputs), feed)))
 

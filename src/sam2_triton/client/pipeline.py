@@ -23,8 +23,8 @@ import numpy as np
 from sam2_triton.client.images import as_rgb, load_image
 from sam2_triton.client.prompts import Prompt, make_prompt
 from sam2_triton.client.transforms import Sam2Transforms, clamp_low_res
-from sam2_triton.model_config import MAX_POINTS
-from sam2_triton.models import LOW_RES_MASK_SIZE
+from sam2_triton.model_config import MAX_POINTS, MAX_PROMPTS
+from sam2_triton.models import LOW_RES_MASK_SIZE, UserError
 
 #: Decoder outputs asked for: single mask (with SAM2's stability fall-back) or three masks.
 SINGLE_OUTPUTS = ("masks", "iou_predictions")
@@ -100,6 +100,8 @@ class Backend(Protocol):
 
     #: Most points one decode request may carry (box corners included).
     max_points: int
+    #: Most prompt sets one decode request may carry (:meth:`Sam2Pipeline.decode_batch`).
+    max_prompts: int
 
     def encode(self, image: np.ndarray) -> Mapping[str, np.ndarray] | SharedFeatures:
         """``image`` ``[1, 3, 1024, 1024]`` float32 (normalised) → the three feature maps."""
@@ -241,6 +243,86 @@ class Sam2Pipeline:
         self, embedding: ImageEmbedding, prompt: Prompt, multimask: bool = False
     ) -> Prediction:
         """:meth:`decode` for an already validated :class:`Prompt`."""
+        return self._decode_group(embedding, [prompt], multimask)[0]
+
+    def decode_batch(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Sequence[Prompt | Mapping[str, Any]],
+        multimask: bool = False,
+    ) -> list[Prediction]:
+        """Masks for many prompt sets on one encoded image, in as few decoder runs as possible.
+
+        Each item is a :class:`Prompt` or a mapping of :meth:`decode`'s keywords (``points``,
+        ``labels``, ``box``, ``mask_input``). Prompt sets with the same number of points (box
+        corners included) share one decoder request carrying the image's features once
+        (Triton: ``sam2_decoder_prompts``), at most ``max_prompts`` sets each, as Meta's
+        predictor does with batched prompts. Returns one :class:`Prediction` per item, in
+        order, each what :meth:`decode` gives for that item alone; ``decode_seconds`` is the
+        time of the request it came in.
+        """
+        made = [self._as_prompt(embedding, p, i) for i, p in enumerate(prompts)]
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(made):
+            groups.setdefault(prompt.num_points, []).append(i)
+        step = max(1, getattr(self.backend, "max_prompts", MAX_PROMPTS))
+        results: list[Prediction | None] = [None] * len(made)
+        for indices in groups.values():
+            for first in range(0, len(indices), step):
+                chunk = indices[first : first + step]
+                predictions = self._decode_group(embedding, [made[i] for i in chunk], multimask)
+                for i, prediction in zip(chunk, predictions):
+                    results[i] = prediction
+        return results  # type: ignore[return-value]  # every index was filled
+
+    def _as_prompt(self, embedding: ImageEmbedding, prompt: Any, index: int) -> Prompt:
+        if isinstance(prompt, Prompt):
+            return prompt
+        if not isinstance(prompt, Mapping):
+            raise UserError(f"prompt set {index + 1}: expected a mapping or a Prompt")
+        unknown = set(prompt) - {"points", "labels", "box", "mask_input"}
+        if unknown:
+            raise UserError(
+                f"prompt set {index + 1}: unknown key(s) {', '.join(sorted(unknown))} "
+                "(use points, labels, box, mask_input)"
+            )
+        try:
+            return make_prompt(embedding.orig_hw, max_points=self.max_points, **prompt)
+        except UserError as e:
+            raise UserError(f"prompt set {index + 1}: {e}") from None
+
+    def _decode_group(
+        self, embedding: ImageEmbedding, prompts: Sequence[Prompt], multimask: bool
+    ) -> list[Prediction]:
+        """One decoder run for prompt sets of equal point count: ``[K, ...]`` prompt tensors
+        against the image's ``[1, ...]`` features."""
+        rows = [self._prompt_tensors(embedding, p) for p in prompts]
+        inputs = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+        names = MULTI_OUTPUTS if multimask else SINGLE_OUTPUTS
+        t0 = time.perf_counter()
+        out = self.backend.decode(embedding.features, inputs, names)
+        t1 = time.perf_counter()
+        low_res_all = np.asarray(out[names[0]], np.float32)  # [K, C, 256, 256], unclamped
+        iou_all = np.asarray(out[names[1]], np.float32)  # [K, C]
+        predictions = []
+        for prompt, low_res, iou in zip(prompts, low_res_all, iou_all):
+            t2 = time.perf_counter()
+            logits = self.transforms.postprocess_masks(low_res, embedding.orig_hw)
+            predictions.append(
+                Prediction(
+                    masks=self.transforms.threshold(logits),
+                    logits=logits,
+                    iou_predictions=iou,
+                    low_res_logits=clamp_low_res(low_res),
+                    prompt=prompt,
+                    decode_seconds=t1 - t0,
+                    postprocess_seconds=time.perf_counter() - t2,
+                )
+            )
+        return predictions
+
+    def _prompt_tensors(self, embedding: ImageEmbedding, prompt: Prompt) -> dict[str, np.ndarray]:
+        """The decoder's four prompt inputs for one prompt set, each with a leading dim of 1."""
         coords, labels = self.transforms.prompt_tensors(
             prompt.points, prompt.labels, prompt.box, embedding.orig_hw
         )
@@ -250,28 +332,12 @@ class Sam2Pipeline:
         else:
             mask = prompt.mask_input
             has_mask = np.ones((1, 1), np.float32)
-        inputs = {
+        return {
             "point_coords": coords,
             "point_labels": labels,
             "mask_input": mask,
             "has_mask_input": has_mask,
         }
-        names = MULTI_OUTPUTS if multimask else SINGLE_OUTPUTS
-        t0 = time.perf_counter()
-        out = self.backend.decode(embedding.features, inputs, names)
-        t1 = time.perf_counter()
-        low_res = np.asarray(out[names[0]], np.float32)[0]  # [C, 256, 256], unclamped
-        iou = np.asarray(out[names[1]], np.float32)[0]  # [C]
-        logits = self.transforms.postprocess_masks(low_res, embedding.orig_hw)
-        return Prediction(
-            masks=self.transforms.threshold(logits),
-            logits=logits,
-            iou_predictions=iou,
-            low_res_logits=clamp_low_res(low_res),
-            prompt=prompt,
-            decode_seconds=t1 - t0,
-            postprocess_seconds=time.perf_counter() - t1,
-        )
 
     def predict(
         self,

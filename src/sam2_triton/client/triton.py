@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from sam2_triton.export import ENCODER_OUTPUTS, TENSOR_SHAPES
-from sam2_triton.model_config import DECODER, ENCODER, MAX_POINTS
+from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER, MAX_POINTS, MAX_PROMPTS
 from sam2_triton.models import UserError
 
 T = TypeVar("T")
@@ -132,6 +132,9 @@ class _Transient(Exception):
 class TritonBackend:
     """``sam2_encoder`` + ``sam2_decoder`` on the Triton server at ``url`` (``HOST:PORT``).
 
+    A decode of K > 1 prompt sets against one image goes to ``prompt_batch_model``
+    (``sam2_decoder_prompts``: the features once, K prompt rows); one prompt set goes to
+    ``sam2_decoder``, whose dynamic batcher merges it with other clients' requests.
     Nothing is contacted until the first call. ``timeout_s`` bounds each request.
     """
 
@@ -144,6 +147,7 @@ class TritonBackend:
         timeout_s: float = 120.0,
         encoder_model: str = ENCODER,
         decoder_model: str = DECODER,
+        prompt_batch_model: str = DECODER_PROMPTS,
         verbose: bool = False,
         retries: int = 5,
         retry_backoff_s: float = 0.5,
@@ -156,7 +160,9 @@ class TritonBackend:
         self.timeout_s = timeout_s
         self.encoder_model = encoder_model
         self.decoder_model = decoder_model
+        self.prompt_batch_model = prompt_batch_model
         self.max_points = MAX_POINTS
+        self.max_prompts = MAX_PROMPTS
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
         self._reached = False  # retries only once this client has talked to the server
@@ -367,7 +373,10 @@ class TritonBackend:
         prompts: Mapping[str, np.ndarray],
         outputs: Sequence[str],
     ) -> dict[str, np.ndarray]:
-        """Decoder ``outputs`` for ``features`` + ``prompts``; only ``outputs`` are sent back."""
+        """Decoder ``outputs`` for ``features`` (one image) + ``prompts`` (``[K, ...]``); only
+        ``outputs`` are sent back."""
+        k = len(prompts["point_coords"])
+        model = self.decoder_model if k == 1 else self.prompt_batch_model
         inputs = []
         if isinstance(features, SharedFeatures):
             if features.region.handle is None:
@@ -380,9 +389,9 @@ class TritonBackend:
             inputs += [self._input(name, features[name]) for name in ENCODER_OUTPUTS]
         inputs += [self._input(name, value) for name, value in prompts.items()]
         result = self._call(
-            f"inference of {self.decoder_model}",
+            f"inference of {model}",
             self.client.infer,
-            self.decoder_model,
+            model,
             inputs,
             outputs=[self._output(n) for n in outputs],
         )

@@ -15,12 +15,15 @@ What it does, per model instance:
   its choice;
 * runs a whole dynamic batch in one ONNX Runtime call (requests are concatenated along the
   batch dimension and the results split back), returning only the outputs each request
-  asked for; on a GPU instance with CUDA/TensorRT it binds inputs and outputs on the device
-  (:class:`CudaRunner`), so inside the ``sam2`` ensemble the encoder's features go to the
-  decoder without a trip through host memory;
+  asked for; a model Triton does not batch (``max_batch_size: 0``, as
+  ``sam2_decoder_prompts``: one image's features, K prompt sets) runs each request alone;
+  outputs have as many rows as the request has prompt sets. On a GPU instance with
+  CUDA/TensorRT it binds inputs and outputs on the device (:class:`CudaRunner`), so
+  inside the ``sam2`` ensemble the encoder's features go to the decoder without a trip
+  through host memory;
 * answers a bad request with an ``INVALID_ARG`` error (HTTP 400) and keeps serving:
-  non-finite values, more points than the config's ``max_points``, mismatched point and
-  label counts, unknown labels.
+  non-finite values, more points than the config's ``max_points`` or more prompt sets than
+  its ``max_prompts``, prompt tensors whose counts disagree, unknown labels.
 
 Only numpy and onnxruntime are imported: this file runs inside Triton's python stub.
 """
@@ -154,6 +157,7 @@ class CudaRunner(HostRunner):
     description = "CUDA I/O binding, outputs on the GPU"
 
     def __init__(self, session, device_id: int, output_dims: dict[str, list[int]]) -> None:
+        """``output_dims``: each output's dims after the leading (batch or prompt) dim."""
         import torch
 
         super().__init__(session)
@@ -228,7 +232,9 @@ def make_runner(session, kind: str, device_id: int, config: dict, log) -> HostRu
     except ImportError as e:
         log(f"{config['name']}: no GPU-enabled torch ({e}); binding host arrays")
         return HostRunner(session)
-    dims = {o["name"]: [int(d) for d in o["dims"]] for o in config["output"]}
+    # Without Triton batching the config states the leading dim too (-1: the prompt sets).
+    skip = 0 if int(config.get("max_batch_size", 0)) > 0 else 1
+    dims = {o["name"]: [int(d) for d in o["dims"]][skip:] for o in config["output"]}
     return CudaRunner(session, device_id, dims)
 
 
@@ -267,6 +273,11 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in self.config["output"]]
         self.batched = int(self.config.get("max_batch_size", 0)) > 0
         self.max_points = int(_param(self.config, "max_points", "0") or 0)
+        self.max_prompts = int(_param(self.config, "max_prompts", "0") or 0)
+        # The input whose leading dim is the number of output rows: the prompt sets on a
+        # decoder (its features may be one image's, broadcast), else the batch.
+        rows = "point_coords" if "point_coords" in self.input_names else self.input_names[0]
+        self.rows_input = rows
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
@@ -277,8 +288,9 @@ class TritonPythonModel:
             except BadRequest as e:
                 responses[i] = self._error(str(e))
                 continue
-            # Requests can be concatenated only where every non-batch dim agrees.
-            key = tuple(inputs[n].shape[1:] for n in self.input_names)
+            # Requests can be concatenated only where every non-batch dim agrees, and only
+            # when Triton batches this model at all.
+            key = tuple(inputs[n].shape[1:] for n in self.input_names) if self.batched else i
             groups.setdefault(key, []).append((i, inputs))
 
         for members in groups.values():
@@ -290,7 +302,7 @@ class TritonPythonModel:
                 n: self.runner.concat([inputs[n] for _, inputs in members])
                 for n in self.input_names
             }
-            batch = feed[self.input_names[0]].shape[0]
+            batch = feed[self.rows_input].shape[0]
             try:
                 results = self.runner.run(names, feed, batch)
             except Exception as e:  # noqa: BLE001 - report, keep serving
@@ -299,7 +311,7 @@ class TritonPythonModel:
                 continue
             start = 0
             for i, inputs in members:
-                size = inputs[self.input_names[0]].shape[0]
+                size = inputs[self.rows_input].shape[0]
                 asked = requests[i].requested_output_names() or self.output_names
                 tensors = [
                     self.runner.tensor(n, results[n][start : start + size])
@@ -324,7 +336,26 @@ class TritonPythonModel:
             self._check_points(
                 self.runner.host(inputs["point_coords"]), self.runner.host(inputs["point_labels"])
             )
+            self._check_prompt_sets(inputs)
         return inputs
+
+    def _check_prompt_sets(self, inputs: dict) -> None:
+        """Every prompt tensor has one row per prompt set (Triton checks this only where it
+        batches the model), and there are 1..max_prompts of them."""
+        k = inputs["point_coords"].shape[0]
+        for name in ("mask_input", "has_mask_input"):
+            if inputs[name].shape[0] != k:
+                raise BadRequest(
+                    f"{self.name}: {name} has {inputs[name].shape[0]} rows but point_coords "
+                    f"has {k} prompt sets (one row each)"
+                )
+        if k < 1:
+            raise BadRequest(f"{self.name}: at least one prompt set is needed")
+        if self.max_prompts and k > self.max_prompts:
+            raise BadRequest(
+                f"{self.name}: {k} prompt sets per request, at most {self.max_prompts} "
+                "are allowed"
+            )
 
     def _check_points(self, coords: np.ndarray, labels: np.ndarray) -> None:
         n = coords.shape[-2]
