@@ -145,6 +145,7 @@ def test_cli_prompt_sets_and_refinement_equal_predictor(
     (tmp_path / "prompts.json").write_text(json.dumps(sets))
     common = ["--url", url, "--protocol", protocol, "--image", photo_files[photo]]
     encodes = encoder_count(triton_server)
+    prompt_batches = inference_count(triton_server, "sam2_decoder_prompts")
     proc = run_client(
         *common,
         "--prompts",
@@ -161,6 +162,8 @@ def test_cli_prompt_sets_and_refinement_equal_predictor(
     )
     report = json.loads(proc.stdout)
     assert encoder_count(triton_server) == encodes + 1  # one encoding for all prompt sets
+    # The two sets of 3 points with the same multimask flag went in one request.
+    assert inference_count(triton_server, "sam2_decoder_prompts") == prompt_batches + 1
     assert (report["height"], report["width"]) == hw
     assert len(report["results"]) == len(sets)
     refs = []

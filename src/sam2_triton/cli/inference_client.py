@@ -34,8 +34,9 @@ prompts.json is a list of prompt sets, each with any of "points" ([[x, y], ...])
 "labels" ([1, 0, ...], default all 1), "box" ([x0, y0, x1, y1]), "mask_input" (a .npy
 written by --save-low-res, relative to the prompts file) and "multimask" (true/false,
 default --multimask). All are
-decoded on one encoding of the image. Coordinates are pixels of the image as displayed
-(EXIF orientation applied), x to the right, y down.
+decoded on one encoding of the image; sets with the same number of points (a box counts
+two) share one decoder request (the sam2_decoder_prompts model). Coordinates are pixels of
+the image as displayed (EXIF orientation applied), x to the right, y down.
 """
 
 
@@ -256,8 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             client.check_ready()
         prompts = validate(client.max_points)
         embedding = client.encode_image(image)
-        for i, (spec, prompt) in enumerate(zip(specs, prompts)):
-            pred = client.decode_prompt(embedding, prompt, spec.multimask)
+        # Prompt sets of equal point count go together (sam2_decoder_prompts): the image's
+        # features travel once per request, not once per prompt set.
+        predictions: list = [None] * len(specs)
+        for multimask in (False, True):
+            chosen = [i for i, s in enumerate(specs) if s.multimask == multimask]
+            batch = client.decode_batch(embedding, [prompts[i] for i in chosen], multimask)
+            for i, pred in zip(chosen, batch):
+                predictions[i] = pred
+        for i, (spec, prompt, pred) in enumerate(zip(specs, prompts, predictions)):
             index = i if several else None
             best = pred.best_index
             written: dict[str, Any] = {}
