@@ -42,6 +42,8 @@ def test_quick_benchmark_against_embedded_triton(
     for model in ("encoder", "decoder", "interactive"):
         assert ("triton", model) in models, models
         assert ("onnxruntime", model) in models, models
+    # --quick's prompts per request (1, 4): 4 also as 4 prompt sets on one image.
+    assert {r["batch"] for r in rows if r["model"] == "decoder_prompts"} == {4}, rows
     triton = [r for r in rows if r["backend"] == "triton"]
     assert {(r["protocol"], r["shared_memory"]) for r in triton} == {
         (p, s) for p in ("http", "grpc") for s in ("none", "system")
@@ -56,7 +58,8 @@ def test_quick_benchmark_against_embedded_triton(
         ratio = r["latency_ms"]["p50"] / base["latency_ms_p50"]
         assert math.isclose(r["ratio"]["p50_latency"], ratio, rel_tol=1e-2), r
         # Triton's own statistics split the server's share of each case.
-        served = r["server"]["sam2_decoder" if r["model"] == "decoder" else "sam2_encoder"]
+        model = {"decoder": "sam2_decoder", "decoder_prompts": "sam2_decoder_prompts"}
+        served = r["server"][model.get(r["model"], "sam2_encoder")]
         assert served["requests"] >= r["calls"] and served["executions"] >= 1, r
         phases = sum(served[f"{p}_ms"] for p in ("queue", "compute_input", "compute_infer"))
         assert served["compute_infer_ms"] > 0 and phases <= served["success_ms"] * 1.05, r

@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=_ints, help="Triton clients (default 1,2,4,8)")
     p.add_argument("--triton-encoder-batches", type=_ints, help="images per request (default 1)")
     p.add_argument(
-        "--triton-decoder-batches", type=_ints, help="prompts per request (default " "1,8)"
+        "--triton-decoder-batches",
+        type=_ints,
+        help="prompts per request (default 1,8; quick: 1,4). Each K > 1 is measured twice: "
+        "sam2_decoder with K images' features, and sam2_decoder_prompts with one image's",
     )
     p.add_argument("--iterations", type=int, help="timed calls per case and worker")
     p.add_argument("--warmup", type=int, help="untimed calls per case and worker first")

@@ -57,6 +57,16 @@ def decoder_feeds(
     return [{**feats, **prompts(batch, points, rng)} for _ in range(sets)]
 
 
+def prompt_batch_feeds(
+    prompts_per_image: int, points: int = 2, sets: int = SETS, seed: int = 3
+) -> list[dict[str, np.ndarray]]:
+    """``sets`` feeds of ``sam2_decoder_prompts``: one image's features ``[1, ...]`` and
+    ``prompts_per_image`` prompt sets ``[K, ...]``."""
+    rng = np.random.default_rng(seed)
+    feats = features(1, seed)
+    return [{**feats, **prompts(prompts_per_image, points, rng)} for _ in range(sets)]
+
+
 def follow_up(previous_masks: np.ndarray, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The next click of an interactive session: the last low-res logits as ``mask_input``."""
     nxt = dict(feed)

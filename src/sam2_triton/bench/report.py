@@ -28,6 +28,8 @@ def _transport(r: dict) -> str:
 def _size(r: dict) -> str:
     if r["model"] == "decoder":
         return f"{r['batch']} × {r.get('points', '?')} pts"
+    if r["model"] == "decoder_prompts":
+        return f"1 image, {r['batch']} × {r.get('points', '?')} pts"
     if r["model"] == "interactive":
         return f"1 + {r.get('clicks', '?')} clicks"
     return str(r["batch"])
@@ -127,7 +129,9 @@ def plot_latency_vs_concurrency(report: dict, path: str | os.PathLike) -> Path |
 
     results = report["results"]
     models = [
-        m for m in ("encoder", "decoder", "interactive") if any(r["model"] == m for r in results)
+        m
+        for m in ("encoder", "decoder", "decoder_prompts", "interactive")
+        if any(r["model"] == m for r in results)
     ]
     if not models:
         return None

@@ -25,7 +25,12 @@ from sam2_triton.bench.stats import closed_loop, summarize
 from sam2_triton.export import DECODER_INPUTS
 
 SCHEMA = "sam2-triton-benchmark/1"
-UNITS = {"encoder": "img/s", "decoder": "masks/s", "interactive": "sessions/s"}
+UNITS = {
+    "encoder": "img/s",
+    "decoder": "masks/s",
+    "decoder_prompts": "masks/s",  # K prompt sets on one image per request
+    "interactive": "sessions/s",
+}
 
 
 log = logging.getLogger(__name__)
@@ -78,7 +83,7 @@ class BenchConfig:
             clicks=2,
             concurrency=(1,),
             triton_encoder_batches=(1,),
-            triton_decoder_batches=(1,),
+            triton_decoder_batches=(1, 4),
             shm=("none", "system"),
             wire_dtypes=("fp32",),
             iterations=2,
@@ -196,9 +201,12 @@ class Suite:
         if "triton" in c.backends:
             per = len(c.protocols) * len(c.shm) * len(c.concurrency)
             n += per * len(c.triton_encoder_batches) * ("encoder" in c.models)
+            prompt_batches = len(_prompt_batches(c)) * ("decoder" in c.models)
             n += per * len(c.triton_decoder_batches) * ("decoder" in c.models)
+            n += per * prompt_batches
             n += per * ("interactive" in c.models)
             n += len(c.triton_encoder_batches) + len(c.triton_decoder_batches) + 1  # baselines
+            n += prompt_batches
         return n
 
     def run(self) -> dict:
@@ -474,7 +482,7 @@ class Suite:
 
     def run_triton(self) -> None:
         from sam2_triton.bench import triton as btriton
-        from sam2_triton.model_config import DECODER, ENCODER
+        from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER
 
         c = self.config
         target = btriton.TritonTarget(c.http_url, c.grpc_url)
@@ -489,6 +497,11 @@ class Suite:
         except Exception as e:  # noqa: BLE001 - server unreachable: say so, keep the rest
             self.skip("triton", f"server not reachable: {type(e).__name__}: {e}")
             return
+        if "decoder" in c.models and _prompt_batches(c):
+            try:
+                info[DECODER_PROMPTS] = target.model_info(DECODER_PROMPTS)
+            except Exception as e:  # noqa: BLE001 - a repository exported before it existed
+                self.skip("triton decoder_prompts", f"{DECODER_PROMPTS} not served: {e}")
         device = info[ENCODER]["device"]
         baselines = self._triton_baselines(device)
         for wire in c.wire_dtypes:
@@ -512,7 +525,7 @@ class Suite:
                         caller.close()
 
     def _triton_cases(self, caller, info, device, wire, baselines) -> None:
-        from sam2_triton.model_config import DECODER, ENCODER
+        from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER
 
         c = self.config
         common = dict(
@@ -531,12 +544,17 @@ class Suite:
             for batch in c.triton_decoder_batches:
                 feeds = inputs.decoder_feeds(batch, c.points)
                 cases.append(("decoder", batch, caller.decoder(feeds), {"points": c.points}))
+        if DECODER_PROMPTS in info:
+            # The same K prompts per request as above, against one image's features sent once.
+            for k in _prompt_batches(c):
+                make = caller.decoder(inputs.prompt_batch_feeds(k, c.points), DECODER_PROMPTS)
+                cases.append(("decoder_prompts", k, make, {"points": c.points}))
         if "interactive" in c.models:
             make = caller.interactive(inputs.encoder_feeds(1), self._clicks())
             cases.append(("interactive", 1, make, {"clicks": c.clicks, "points": c.points}))
         from sam2_triton.bench import triton as btriton
 
-        served = [ENCODER, DECODER]
+        served = [m for m in (ENCODER, DECODER, DECODER_PROMPTS) if m in info]
         for model, batch, make, extra in cases:
             for conc in c.concurrency:
                 self._describe(f"triton {caller.protocol} {caller.shm} {model} b{batch} c{conc}")
@@ -596,6 +614,11 @@ class Suite:
                 feeds = inputs.decoder_feeds(batch, c.points)
                 make = sessions["decoder"].caller(feeds, False, ["masks", "iou_predictions"])
                 out[("decoder", batch)] = self._baseline(make, batch, device, "decoder")
+            for k in _prompt_batches(c) if "decoder" in c.models else ():
+                self._describe(f"triton baseline decoder_prompts b{k}")
+                feeds = inputs.prompt_batch_feeds(k, c.points)
+                make = sessions["decoder"].caller(feeds, False, ["masks", "iou_predictions"])
+                out[("decoder_prompts", k)] = self._baseline(make, k, device, "decoder_prompts")
             if "interactive" in c.models:
                 self._describe("triton baseline interactive")
                 make = bort.interactive_caller(
@@ -623,6 +646,12 @@ class Suite:
             "throughput": round(stats.throughput, 2),
             "throughput_unit": UNITS[model],
         }
+
+
+def _prompt_batches(config: BenchConfig) -> list[int]:
+    """The ``--triton-decoder-batches`` above 1: also measured as K prompt sets on one image
+    (``sam2_decoder_prompts``)."""
+    return [b for b in config.triton_decoder_batches if b > 1]
 
 
 def onnx_precision(path: str | os.PathLike) -> str:

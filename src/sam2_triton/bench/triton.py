@@ -91,7 +91,8 @@ _TIMED = ("success", *SERVER_PHASES)
 
 
 def server_statistics(target: "TritonTarget", models: list[str]) -> dict:
-    """Cumulative counts and nanoseconds per phase, and batch executions, per model."""
+    """Cumulative requests, rows (``inference_count``: a request of batch 4 counts 4),
+    batch executions and nanoseconds per phase, per model."""
     protocol = "http" if target.http_url else "grpc"
     client = target.client(protocol)
     try:
@@ -101,7 +102,8 @@ def server_statistics(target: "TritonTarget", models: list[str]) -> dict:
             entry = stats["model_stats"][0]
             inference = entry["inference_stats"]
             out[model] = {
-                "requests": int(entry.get("inference_count", 0)),
+                "requests": int(inference.get("success", {}).get("count", 0)),
+                "rows": int(entry.get("inference_count", 0)),
                 "executions": int(entry.get("execution_count", 0)),
                 **{phase: int(inference.get(phase, {}).get("ns", 0)) for phase in _TIMED},
             }
@@ -115,19 +117,21 @@ def _as_json(protocol: str) -> dict:
 
 
 def server_breakdown(before: dict, after: dict) -> dict:
-    """Per model between two :func:`server_statistics`: requests, executions (so the mean
-    dynamic batch), and the mean milliseconds per request of each phase."""
+    """Per model between two :func:`server_statistics`: requests, executions, the mean batch
+    an execution ran (rows per execution: requests merged by the dynamic batcher, times
+    their own batch), and the mean milliseconds per request of each phase."""
     out = {}
     for model, end in after.items():
         start = before.get(model, {})
         requests = end["requests"] - start.get("requests", 0)
+        rows = end["rows"] - start.get("rows", 0)
         executions = end["executions"] - start.get("executions", 0)
         if requests <= 0:
             continue
         row = {
             "requests": requests,
             "executions": executions,
-            "mean_batch": round(requests / max(executions, 1), 2),
+            "mean_batch": round(rows / max(executions, 1), 2),
         }
         for phase in _TIMED:
             row[f"{phase}_ms"] = round((end[phase] - start.get(phase, 0)) / requests / 1e6, 3)
