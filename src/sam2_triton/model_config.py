@@ -245,7 +245,7 @@ def decoder_prompts_config(params: RepositoryParams) -> mc.ModelConfig:
     in, K masks out, in one request and one decoder run.
 
     ``sam2_decoder`` needs every input at the same batch size, so K prompts on one image
-    there carry K copies of the 28 MB of features; here they travel once. Triton cannot
+    there carry K copies of the 16 MiB of features; here they travel once. Triton cannot
     batch such requests (``max_batch_size: 0``: the config states every dim), so the
     dynamic batcher is there for its bounded queue only.
     """

@@ -1,7 +1,7 @@
 """The transport: ``sam2_encoder`` and ``sam2_decoder`` on a Triton server, via tritonclient.
 
 HTTP (binary tensor extension) or gRPC. With ``shared_memory=True`` (client and server on
-one host) the image and the encoder's 16 MB of feature maps stay in POSIX shared memory
+one host) the image and the encoder's 16 MiB of feature maps stay in POSIX shared memory
 regions registered with the server: encode requests write their outputs there and decode
 requests point the decoder's inputs at them, so only prompts and masks cross the socket.
 
