@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,26 +91,42 @@ SERVER_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 _TIMED = ("success", *SERVER_PHASES)
 
 
-def server_statistics(target: "TritonTarget", models: list[str]) -> dict:
+def server_statistics(target: "TritonTarget", models: list[str], settle_s: float = 2.0) -> dict:
     """Cumulative requests, rows (``inference_count``: a request of batch 4 counts 4),
-    batch executions and nanoseconds per phase, per model."""
+    batch executions and nanoseconds per phase, per model, once they have settled.
+
+    Triton counts a request's success and phase times when it releases the request, just
+    after the response has gone out, so a snapshot taken as the last response arrives can
+    miss it: read until two reads 20 ms apart agree (at most ``settle_s`` seconds).
+    """
     protocol = "http" if target.http_url else "grpc"
     client = target.client(protocol)
     try:
-        out = {}
-        for model in models:
-            stats = client.get_inference_statistics(model, **_as_json(protocol))
-            entry = stats["model_stats"][0]
-            inference = entry["inference_stats"]
-            out[model] = {
-                "requests": int(inference.get("success", {}).get("count", 0)),
-                "rows": int(entry.get("inference_count", 0)),
-                "executions": int(entry.get("execution_count", 0)),
-                **{phase: int(inference.get(phase, {}).get("ns", 0)) for phase in _TIMED},
-            }
-        return out
+        deadline = time.monotonic() + settle_s
+        current = _read_statistics(client, protocol, models)
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            previous, current = current, _read_statistics(client, protocol, models)
+            if current == previous:
+                break
+        return current
     finally:
         client.close()
+
+
+def _read_statistics(client, protocol: str, models: list[str]) -> dict:
+    out = {}
+    for model in models:
+        stats = client.get_inference_statistics(model, **_as_json(protocol))
+        entry = stats["model_stats"][0]
+        inference = entry["inference_stats"]
+        out[model] = {
+            "requests": int(inference.get("success", {}).get("count", 0)),
+            "rows": int(entry.get("inference_count", 0)),
+            "executions": int(entry.get("execution_count", 0)),
+            **{phase: int(inference.get(phase, {}).get("ns", 0)) for phase in _TIMED},
+        }
+    return out
 
 
 def _as_json(protocol: str) -> dict:
