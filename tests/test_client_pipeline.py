@@ -267,6 +267,8 @@ def test_decode_batch_splits_by_point_count_and_max_prompts(pipeline, photos):
     h, w = image.shape[:2]
     sets = [{"points": [[w * (i + 1) / 9, h / 2]]} for i in range(7)]
     sets.insert(3, {"box": [w * 0.1, h * 0.1, w * 0.9, h * 0.9]})
+    # One set refines an earlier mask: its chunk sends K mask rows, the others share one.
+    sets[1]["mask_input"] = pipeline.decode(embedding, **sets[1]).low_res_logits[0]
     backend = pipeline.backend
     calls = []
     run = backend.decode

@@ -175,6 +175,10 @@ def test_prompt_batch_matches_batched_predictor(predictor, decoder, encoded, pho
         assert got_masks.shape == ref_low.shape == (3, 3 if multimask else 1, 256, 256)
         assert np.abs(got_masks - ref_low).max() <= TOL
         assert np.abs(got_iou - ref_iou).max() <= TOL
+        # One shared (unused) mask row instead of K gives the same answers.
+        shared = decoder.run(None, {**feed, "mask_input": feed["mask_input"][:1]})
+        for got, want in zip(shared, (masks, iou, multi_masks, multi_iou)):
+            assert np.array_equal(got, want)
 
 
 def test_graphs_pass_onnx_checker(tiny_repository):

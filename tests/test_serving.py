@@ -148,6 +148,10 @@ def test_prompt_batch_on_one_image_equals_one_request_per_prompt(triton_server, 
     batch["point_coords"] += np.arange(k, dtype=np.float32)[:, None, None] * 37  # distinct
     served = infer(module, client, "sam2_decoder_prompts", {**features, **batch})
     assert served["masks"].shape == (k, 1, 256, 256)
+    shared_mask = {**features, **batch, "mask_input": batch["mask_input"][:1]}
+    assert np.array_equal(
+        infer(module, client, "sam2_decoder_prompts", shared_mask)["masks"], served["masks"]
+    )
     assert served["multimask_iou_predictions"].shape == (k, 3)
     for i in range(k):
         one = infer(

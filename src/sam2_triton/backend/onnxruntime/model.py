@@ -341,13 +341,16 @@ class TritonPythonModel:
 
     def _check_prompt_sets(self, inputs: dict) -> None:
         """Every prompt tensor has one row per prompt set (Triton checks this only where it
-        batches the model), and there are 1..max_prompts of them."""
+        batches the model), and there are 1..max_prompts of them. ``mask_input`` may also
+        have one row, shared by all sets: the graph broadcasts it, so a prompt batch
+        without previous masks need not carry K zero masks."""
         k = inputs["point_coords"].shape[0]
-        for name in ("mask_input", "has_mask_input"):
-            if inputs[name].shape[0] != k:
+        for name, allowed in (("mask_input", (1, k)), ("has_mask_input", (k,))):
+            if inputs[name].shape[0] not in allowed:
+                one = " (or 1, shared)" if len(allowed) > 1 else ""
                 raise BadRequest(
                     f"{self.name}: {name} has {inputs[name].shape[0]} rows but point_coords "
-                    f"has {k} prompt sets (one row each)"
+                    f"has {k} prompt sets (one row each{one})"
                 )
         if k < 1:
             raise BadRequest(f"{self.name}: at least one prompt set is needed")
