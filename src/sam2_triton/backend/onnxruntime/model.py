@@ -352,13 +352,7 @@ class TritonPythonModel:
                     f"{self.name}: {name} has {inputs[name].shape[0]} rows but point_coords "
                     f"has {k} prompt sets (one row each{one})"
                 )
-        if k < 1:
-            raise BadRequest(f"{self.name}: at least one prompt set is needed")
-        if self.max_prompts and k > self.max_prompts:
-            raise BadRequest(
-                f"{self.name}: {k} prompt sets per request, at most {self.max_prompts} "
-                "are allowed"
-            )
+        self._check_count(k, "prompt set", self.max_prompts)
 
     def _check_points(self, coords: np.ndarray, labels: np.ndarray) -> None:
         n = coords.shape[-2]
@@ -367,17 +361,19 @@ class TritonPythonModel:
                 f"{self.name}: point_labels shape {list(labels.shape)} does not match "
                 f"point_coords shape {list(coords.shape)} (expected [B, N] for [B, N, 2])"
             )
-        if n < 1:
-            raise BadRequest(f"{self.name}: at least one point (or a box as 2 points) is needed")
-        if self.max_points and n > self.max_points:
-            raise BadRequest(
-                f"{self.name}: {n} points per request, at most {self.max_points} are allowed"
-            )
+        self._check_count(n, "point", self.max_points, " (or a box as 2 points)")
         if not np.isin(labels, VALID_LABELS).all():
             raise BadRequest(
                 f"{self.name}: point_labels must be 1 (foreground), 0 (background), "
                 "2/3 (box corners) or -1 (padding)"
             )
+
+    def _check_count(self, count: int, what: str, cap: int, alternative: str = "") -> None:
+        """1..``cap`` of ``what`` per request (``cap`` 0: no upper bound)."""
+        if count < 1:
+            raise BadRequest(f"{self.name}: at least one {what}{alternative} is needed")
+        if cap and count > cap:
+            raise BadRequest(f"{self.name}: {count} {what}s per request, at most {cap} are allowed")
 
     @staticmethod
     def _error(message: str, internal: bool = False):
