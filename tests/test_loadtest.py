@@ -26,7 +26,9 @@ def test_short_load_run_has_no_errors_and_identical_answers(triton_server, tmp_p
     assert summary["clients"] == 8
     assert summary["sessions"] >= 8  # every client finished at least one session
     assert summary["decode"]["count"] == 3 * summary["sessions"]
-    assert "| encode |" in proc.stdout and "| decode |" in proc.stdout
+    assert summary["decode_batch"]["count"] == summary["sessions"]
+    for op in ("encode", "decode", "decode_batch"):
+        assert f"| {op} |" in proc.stdout
 
 
 def test_a_differing_answer_fails_the_run(triton_server, monkeypatch):
@@ -47,7 +49,8 @@ def test_a_differing_answer_fails_the_run(triton_server, monkeypatch):
         max_sessions_per_client=1,
     )
     assert summary["errors"] == 0
-    assert summary["mismatches"] == 4
+    # 2 clients × (2 decodes + the 4 single-mask prompts of the batch), every one shifted.
+    assert summary["mismatches"] == 2 * (2 + len(loadtest.BATCH_PROMPTS)) == 12
     assert "max |Δlogit| 1.00e-02" in summary["first_mismatches"][0]
     assert np.isfinite(summary["decode"]["p50_ms"])
 

@@ -2,8 +2,10 @@
 
 Each simulated user repeats an interactive session: encode an image (the client cache is
 off, so every session really hits the encoder), then decode several prompts against that
-embedding. Every answer is compared with the same request made alone before the load
-started; a single error or differing mask fails the run. The run is bounded in time and in
+embedding one at a time, then all its single-mask prompts at once with ``decode_batch``
+(those of equal point count share one ``sam2_decoder_prompts`` request). Every answer is
+compared with the same prompt decoded alone before the load started; a single error or
+differing mask fails the run. The run is bounded in time and in
 request count, and by default refuses any server that is not on this machine.
 """
 
@@ -28,6 +30,11 @@ SESSION_PROMPTS: tuple[dict, ...] = (
     {"box": [0.2, 0.1, 0.8, 0.9]},
     {"box": [0.1, 0.2, 0.7, 0.95], "points": [[0.4, 0.5]], "labels": [0]},
     {"points": [[0.25, 0.75]], "labels": [1], "multimask": True},
+)
+
+#: The prompts a session also decodes together with ``decode_batch`` (single-mask ones).
+BATCH_PROMPTS: tuple[int, ...] = tuple(
+    i for i, p in enumerate(SESSION_PROMPTS) if not p.get("multimask")
 )
 
 #: Logits may differ by float rounding between a request run alone and inside a batch.
@@ -66,6 +73,7 @@ class Stats:
 
     encode: list[float] = field(default_factory=list)
     decode: list[float] = field(default_factory=list)
+    decode_batch: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     sessions: int = 0
@@ -89,11 +97,12 @@ class Stats:
             "clients": clients,
             "wall_s": round(wall_s, 2),
             "sessions": self.sessions,
-            "requests": len(self.encode) + len(self.decode),
+            "calls": len(self.encode) + len(self.decode) + len(self.decode_batch),
             "errors": len(self.errors),
             "mismatches": len(self.mismatches),
             "encode": pct(self.encode),
             "decode": pct(self.decode),
+            "decode_batch": pct(self.decode_batch),
             "first_errors": self.errors[:5],
             "first_mismatches": self.mismatches[:5],
         }
@@ -112,6 +121,17 @@ def reference_answers(
             answers.append((pred.low_res_logits, pred.iou_predictions))
         refs.append(answers)
     return refs
+
+
+def _differs(pred, reference: tuple[np.ndarray, np.ndarray]) -> str | None:
+    """How ``pred`` differs from the answer to the same prompt made alone, if it does."""
+    ref_logits, ref_iou = reference
+    diff = float(np.abs(pred.low_res_logits - ref_logits).max())
+    if diff > LOGIT_TOLERANCE or not np.allclose(
+        pred.iou_predictions, ref_iou, atol=LOGIT_TOLERANCE
+    ):
+        return f"max |Δlogit| {diff:.2e}"
+    return None
 
 
 def _user(
@@ -142,17 +162,29 @@ def _user(
                         embedding, **_scaled(SESSION_PROMPTS[p], embedding.orig_hw)
                     )
                     elapsed = time.perf_counter() - t0
-                    ref_logits, ref_iou = refs[which][p]
-                    diff = float(np.abs(pred.low_res_logits - ref_logits).max())
+                    problem = _differs(pred, refs[which][p])
                     with stats.lock:
                         stats.decode.append(elapsed)
-                        if diff > LOGIT_TOLERANCE or not np.allclose(
-                            pred.iou_predictions, ref_iou, atol=LOGIT_TOLERANCE
-                        ):
+                        if problem:
                             stats.mismatches.append(
-                                f"client {index} image {which} prompt {p}: max |Δlogit| {diff:.2e}"
+                                f"client {index} image {which} prompt {p}: {problem}"
                             )
+                t0 = time.perf_counter()
+                batch = client.decode_batch(
+                    embedding,
+                    [_scaled(SESSION_PROMPTS[p], embedding.orig_hw) for p in BATCH_PROMPTS],
+                )
+                elapsed = time.perf_counter() - t0
+                problems = [
+                    (p, _differs(pred, refs[which][p])) for p, pred in zip(BATCH_PROMPTS, batch)
+                ]
                 with stats.lock:
+                    stats.decode_batch.append(elapsed)
+                    stats.mismatches += [
+                        f"client {index} image {which} prompt {p} (batch): {problem}"
+                        for p, problem in problems
+                        if problem
+                    ]
                     stats.sessions += 1
             except UserError as e:
                 with stats.lock:
@@ -210,7 +242,7 @@ def format_summary(summary: dict) -> str:
         "| | count | per s | p50 ms | p90 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|---|",
     ]
-    for op in ("encode", "decode"):
+    for op in ("encode", "decode", "decode_batch"):
         s = summary[op]
         if s["count"]:
             rows.append(
@@ -219,7 +251,7 @@ def format_summary(summary: dict) -> str:
             )
     head = (
         f"{summary['clients']} clients, {summary['wall_s']} s, {summary['sessions']} sessions, "
-        f"{summary['requests']} requests, {summary['errors']} errors, "
+        f"{summary['calls']} calls, {summary['errors']} errors, "
         f"{summary['mismatches']} differing answers"
     )
     return head + "\n\n" + "\n".join(rows)
