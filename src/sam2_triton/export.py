@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sam2_triton.files import atomic_path
 from sam2_triton.models import (
     EMBED_DIM,
     EMBED_SIZE,
@@ -360,19 +361,6 @@ def example_decoder_inputs(batch: int = 1, num_points: int = 2) -> tuple["torch.
     return tuple(out)
 
 
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(final)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def copy_graph(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Copy an exported graph to another model's version folder, atomically.
 
@@ -383,19 +371,6 @@ def copy_graph(source: str | os.PathLike, destination: str | os.PathLike) -> Pat
     with atomic_path(destination) as tmp:
         shutil.copyfile(source, tmp)
     return destination
-
-
-def _remove_stale_partials(final: Path) -> None:
-    """Delete partial files a killed writer of ``final`` left behind (its pid is gone)."""
-    for partial in final.parent.glob(f".{final.name}.*.partial"):
-        try:
-            os.kill(int(partial.name.rsplit(".", 2)[-2]), 0)
-        except ValueError:
-            continue  # not one of ours
-        except ProcessLookupError:
-            partial.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def _check_precision(precision: str) -> str:

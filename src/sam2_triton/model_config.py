@@ -33,6 +33,7 @@ from sam2_triton.export import (
     ENCODER_OUTPUTS,
     TENSOR_SHAPES,
 )
+from sam2_triton.files import write_text_atomic
 from sam2_triton.models import MODEL_SIZES, UserError
 
 ENCODER = "sam2_encoder"
@@ -307,15 +308,6 @@ def read_config(path: str | os.PathLike) -> mc.ModelConfig:
         return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
     except (OSError, text_format.ParseError) as e:
         raise UserError(f"cannot read Triton config {path}: {e}") from e
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def repository_configs(

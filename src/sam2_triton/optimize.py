@@ -39,6 +39,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sam2_triton.files import atomic_path
+
 if TYPE_CHECKING:
     import onnx
 
@@ -394,8 +396,6 @@ def _isolate_blocked_inputs(model: "onnx.ModelProto", blocked_ops, blocked_nodes
 def save_model(model: "onnx.ModelProto", path: str | os.PathLike) -> Path:
     """Save ``model`` to ``path`` atomically and check it (``onnx.checker``, full)."""
     import onnx
-
-    from sam2_triton.export import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

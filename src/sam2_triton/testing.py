@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sam2_triton.export import atomic_path
+from sam2_triton.files import atomic_path
 from sam2_triton.models import get_model_size
 
 

@@ -45,7 +45,7 @@ def _default_images():
 
 def main(argv: Sequence[str] | None = None) -> int:
     from sam2_triton.client import load_image
-    from sam2_triton.client.outputs import write_bytes_atomic
+    from sam2_triton.files import write_bytes_atomic
     from sam2_triton.loadtest import check_loopback, format_summary, run_load, to_json
 
     args = build_parser().parse_args(argv)

@@ -136,8 +136,9 @@ def _mask_outputs(multimask: bool) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from sam2_triton.client import Sam2Transforms, load_image
-    from sam2_triton.client.outputs import save_mask_png, write_bytes_atomic
+    from sam2_triton.client.outputs import save_mask_png
     from sam2_triton.export import ENCODER_OUTPUTS
+    from sam2_triton.files import write_bytes_atomic
 
     args = build_parser().parse_args(argv)
     image = load_image(args.image)

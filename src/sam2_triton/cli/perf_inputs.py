@@ -59,7 +59,7 @@ def commands(out: Path, num_points: int) -> list[str]:
 def write_inputs(folder: Path, tensors: dict[str, np.ndarray], batched: bool = True) -> None:
     """One raw float32 file per input; for a ``batched`` model the batch dimension (of 1) is
     dropped: perf_analyzer adds it."""
-    from sam2_triton.client.outputs import write_bytes_atomic
+    from sam2_triton.files import write_bytes_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, value in tensors.items():

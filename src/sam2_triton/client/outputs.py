@@ -6,7 +6,6 @@ image size, so that any viewer shows them and ``load_image``-style tools read th
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sam2_triton.files import write_bytes_atomic
 from sam2_triton.models import UserError
 
 #: Overlay colours (RGB) for masks, foreground and background clicks, and the box.
@@ -21,22 +21,6 @@ MASK_COLOUR = (30, 144, 255)
 FOREGROUND_COLOUR = (0, 220, 0)
 BACKGROUND_COLOUR = (230, 0, 0)
 BOX_COLOUR = (255, 215, 0)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file beside it and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
-    finally:
-        with contextlib.suppress(OSError):  # nothing to clean up if it was never created
-            tmp.unlink(missing_ok=True)
-    return path
 
 
 def encode_png(image: np.ndarray) -> bytes:
