@@ -42,8 +42,6 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     docstring for alpha, grayscale, 16-bit and EXIF handling. Raises :class:`UserError` for a
     missing, unreadable or unsupported file.
     """
-    from PIL import Image, ImageOps
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"image not found: {path}")
@@ -53,29 +51,67 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read image {path}: {e.strerror or e}") from e
+    return decode_image(data, f"image {path}")
+
+
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Decode an encoded image file's bytes as :func:`load_image` does (``name`` is what error
+    messages call it). With ``max_pixels``, an image of more pixels is refused from its header,
+    before its pixels are decoded."""
+    from PIL import Image, ImageOps
+
     if not data:
-        raise UserError(f"cannot read image {path}: the file is empty")
+        raise UserError(f"cannot read {name}: the file is empty")
+    img = _open(data, name)
+    if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+        w, h = img.size
+        raise UserError(
+            f"{name} is {w}x{h} ({w * h / 1e6:.1f} MP); at most {max_pixels / 1e6:g} MP are "
+            "accepted (scale it down first)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            rawmode = _rawmode(img)
+            orientation = _orientation(img)
+            if img.format == "PNG" and img.mode in ("RGB", "RGBA", "LA") and ";16" in rawmode:
+                rgb = _decode_16bit_colour_png(data, name)
+                return _orient(rgb, orientation)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _pil_to_rgb(img, name)
+    except UserError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{name} is too large to decode safely: {e}") from e
+    except Exception as e:  # Pillow raises many types for corrupt data; all mean "unreadable"
+        raise UserError(f"cannot read {name}: {_first_line(e)}") from e
+
+
+def _open(data: bytes, name: str):
+    """``PIL.Image.open`` on the bytes (header only), with one-line errors."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             # Above ~89 MP Pillow warns, above ~179 MP it refuses (DecompressionBombError,
             # reported below); big aerial or panorama photos in between are fine.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            rawmode = _rawmode(img)
-            orientation = _orientation(img)
-            if img.format == "PNG" and img.mode in ("RGB", "RGBA", "LA") and ";16" in rawmode:
-                rgb = _decode_16bit_colour_png(data, path)
-                return _orient(rgb, orientation)
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _pil_to_rgb(img, path)
-    except UserError:
-        raise
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        # Pillow's own message names its BytesIO object, not the file.
+        raise UserError(
+            f"cannot read {name}: not an image file (or a format Pillow cannot read; "
+            "use JPEG, PNG, WebP, BMP or TIFF)"
+        ) from None
     except Image.DecompressionBombError as e:
-        raise UserError(f"image {path} is too large to decode safely: {e}") from e
-    except Exception as e:  # Pillow raises many types for corrupt data; all mean "unreadable"
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read image {path}: {message}") from e
+        raise UserError(f"{name} is too large to decode safely: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a damaged header
+        raise UserError(f"cannot read {name}: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -146,13 +182,13 @@ def _scale_16_to_8(values: np.ndarray) -> np.ndarray:
     return ((v * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _decode_16bit_colour_png(data: bytes, path: Path) -> np.ndarray:
+def _decode_16bit_colour_png(data: bytes, name: str) -> np.ndarray:
     """16-bit-per-channel RGB(A)/LA PNGs through OpenCV, which keeps all 16 bits."""
     import cv2
 
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
-        raise UserError(f"cannot read image {path}: OpenCV could not decode the 16-bit PNG")
+        raise UserError(f"cannot read {name}: OpenCV could not decode the 16-bit PNG")
     if decoded.ndim == 2:
         decoded = decoded[..., None]
     channels = decoded.shape[2]
@@ -163,7 +199,7 @@ def _decode_16bit_colour_png(data: bytes, path: Path) -> np.ndarray:
     return np.ascontiguousarray(rgb.astype(np.uint8))
 
 
-def _pil_to_rgb(img, path) -> np.ndarray:
+def _pil_to_rgb(img, name: str) -> np.ndarray:
     if img.mode == "RGB":
         return np.ascontiguousarray(np.asarray(img))
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -172,7 +208,7 @@ def _pil_to_rgb(img, path) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
     if img.mode == "F":
         raise UserError(
-            f"image {path} has floating-point pixels; save it as 8- or 16-bit RGB or grayscale"
+            f"{name} has floating-point pixels; save it as 8- or 16-bit RGB or grayscale"
         )
     if img.mode in ("RGBA", "RGBa", "RGBX", "LA", "La", "PA"):
         img = img.convert("RGBA") if img.mode in ("RGBa", "La", "PA") else img
