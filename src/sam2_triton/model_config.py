@@ -9,6 +9,9 @@ One repository serves four models:
                           (the same ONNX graph, which broadcasts batch-1 features over the
                           prompts, as Meta's predictor does for batched prompts)
 ``sam2``                  an ensemble: image + prompts → masks in one request
+``sam2_session``          stateful (Triton's sequence batcher): the start request carries
+                          the image file, later ones only prompts; the features stay on
+                          the instance's device between requests (``sam2_triton.sessions``)
 
 Each ONNX model has a GPU ``config.pbtxt`` (``KIND_GPU``, TensorRT FP16) and a CPU variant
 in ``configs/cpu.pbtxt``, picked with Triton's ``--model-config-name=cpu``. The configs are
@@ -40,6 +43,11 @@ ENCODER = "sam2_encoder"
 DECODER = "sam2_decoder"
 DECODER_PROMPTS = "sam2_decoder_prompts"
 ENSEMBLE = "sam2"
+SESSION = "sam2_session"
+#: The HTTP header (gRPC metadata key, lower-cased) that carries a session's ``sequence_id`` on
+#: every request of the session, so that a proxy in front of several replicas can send them
+#: all to the replica that holds the session's image (consistent hashing on this key).
+SESSION_HEADER = "X-Sam2-Session"
 ONNX_PLATFORM = "onnxruntime_onnx"
 CPU_CONFIG_NAME = "cpu"
 
@@ -76,6 +84,47 @@ class ModelServing:
 
 
 @dataclass(frozen=True)
+class SessionServing:
+    """How ``sam2_session`` is scheduled and what each of its instances keeps.
+
+    Triton's sequence batcher ("oldest" strategy) batches requests of different sessions, at
+    most ``max_batch_size`` per execution, with no waiting for a fuller batch
+    (``max_queue_delay_us`` 0): requests that arrive while an instance is busy form its next
+    batch. Each instance keeps at most ``max_sessions`` sessions (least recently used evicted
+    first) and drops one ``idle_timeout_s`` after its last request. Triton itself forgets a
+    sequence ``TRITON_IDLE_MARGIN_S`` later, so that a late prompt reaches the model and gets
+    its message ("start the session again with the image") rather than Triton's.
+    ``max_candidate_sequences`` is how many open sequences Triton tracks per instance;
+    beyond it new sessions wait for one to end or expire.
+    """
+
+    max_batch_size: int = 16
+    instance_count: int = 2
+    max_sessions: int = 64
+    idle_timeout_s: int = 600
+    max_queue_delay_us: int = 0
+    max_candidate_sequences: int = 4096
+    max_image_pixels: int = 64_000_000
+    max_image_bytes: int = 64 << 20
+    max_encode_batch: int = 8
+
+    def check(self) -> None:
+        if min(self.max_batch_size, self.instance_count, self.max_sessions) < 1:
+            raise UserError("session batch size, instances and max_sessions must be ≥ 1")
+        if self.max_sessions < self.max_batch_size:
+            raise UserError(
+                f"max_sessions ({self.max_sessions}) must be ≥ the session batch size "
+                f"({self.max_batch_size}): a batch's own sessions are never evicted"
+            )
+        if self.idle_timeout_s < 1 or self.max_queue_delay_us < 0:
+            raise UserError("the session idle timeout must be ≥ 1 s and delays ≥ 0")
+
+
+#: Seconds Triton keeps a sequence after the model has dropped its idle session.
+TRITON_IDLE_MARGIN_S = 60
+
+
+@dataclass(frozen=True)
 class RepositoryParams:
     """The few knobs the generated configs depend on.
 
@@ -99,6 +148,7 @@ class RepositoryParams:
     prompt_batch_instances: int = 2
     max_prompts: int = MAX_PROMPTS
     prompt_batch_max_queue_size: int = 256
+    session: SessionServing = SessionServing()
     trt_cache_dir: str = "/trt_cache"
     trt_workspace_bytes: int = 4 << 30
     extra: dict[str, str] = field(default_factory=dict)
@@ -117,6 +167,7 @@ class RepositoryParams:
                 raise UserError("preferred batch sizes must lie in 1..max_batch_size")
         if self.prompt_batch_instances < 1 or self.max_prompts < 1:
             raise UserError("prompt batch instances and max_prompts must be ≥ 1")
+        self.session.check()
 
     @classmethod
     def cpu_defaults(cls, model_size: str = "base_plus") -> "RepositoryParams":
@@ -128,6 +179,8 @@ class RepositoryParams:
             encoder=ModelServing(4, (2, 4), 5000, 1, max_queue_size=64),
             decoder=ModelServing(16, (4, 8, 16), 1000, 1, max_queue_size=512),
             prompt_batch_instances=1,
+            # Two instances: one session's clicks are answered while another's image encodes.
+            session=SessionServing(max_batch_size=8, instance_count=2, max_sessions=16),
         )
 
 
@@ -297,9 +350,91 @@ def ensemble_config(params: RepositoryParams) -> mc.ModelConfig:
     return config
 
 
+def session_config(params: RepositoryParams) -> mc.ModelConfig:
+    """``sam2_session``: a stateful model on Triton's sequence batcher (the wire contract is in
+    ``sam2_triton/backend/sam2_session/model.py``). Every input is optional: the start request
+    carries ``image_bytes``, later ones prompts; the control inputs tell the model which
+    session a request belongs to and whether it starts or ends it."""
+    s = params.session
+    variable = ("image_bytes", "point_coords", "point_labels")
+    inputs = [
+        ("image_bytes", mc.TYPE_UINT8, [-1]),
+        ("point_coords", mc.TYPE_FP32, [-1, 2]),
+        ("point_labels", mc.TYPE_INT32, [-1]),
+        ("box", mc.TYPE_FP32, [4]),
+        ("multimask_output", mc.TYPE_BOOL, [1]),
+        ("use_previous_mask", mc.TYPE_BOOL, [1]),
+        ("mask_input", mc.TYPE_FP32, list(TENSOR_SHAPES["mask_input"][1:])),
+    ]
+    outputs = [
+        ("masks", mc.TYPE_UINT8, [-1, -1, -1]),
+        ("iou_predictions", mc.TYPE_FP32, [-1]),
+        ("low_res_masks", mc.TYPE_FP32, [-1, *TENSOR_SHAPES["masks"][1:]]),
+        ("mask_png", mc.TYPE_UINT8, [-1]),
+        ("image_size", mc.TYPE_INT32, [2]),
+    ]
+    control = mc.ModelSequenceBatching.Control
+    sequence = mc.ModelSequenceBatching(
+        max_sequence_idle_microseconds=(s.idle_timeout_s + TRITON_IDLE_MARGIN_S) * 1_000_000,
+        control_input=[
+            mc.ModelSequenceBatching.ControlInput(
+                name=name, control=[control(kind=kind, int32_false_true=[0, 1])]
+            )
+            for name, kind in (
+                ("START", control.CONTROL_SEQUENCE_START),
+                ("END", control.CONTROL_SEQUENCE_END),
+            )
+        ]
+        + [
+            mc.ModelSequenceBatching.ControlInput(
+                name="CORRID",
+                control=[control(kind=control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)],
+            )
+        ],
+        oldest=mc.ModelSequenceBatching.StrategyOldest(
+            max_candidate_sequences=s.max_candidate_sequences,
+            max_queue_delay_microseconds=s.max_queue_delay_us,
+        ),
+    )
+    config = mc.ModelConfig(
+        name=SESSION,
+        backend=SESSION,
+        max_batch_size=s.max_batch_size,
+        input=[
+            mc.ModelInput(
+                name=n, data_type=t, dims=d, optional=True, allow_ragged_batch=n in variable
+            )
+            for n, t, d in inputs
+        ],
+        output=[mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in outputs],
+        sequence_batching=sequence,
+        instance_group=[_instance_group(s.instance_count, params)],
+    )
+    for key, value in {
+        "encoder_model": ENCODER,
+        "decoder_model": DECODER,
+        "max_sessions": s.max_sessions,
+        "session_idle_timeout_s": s.idle_timeout_s,
+        "max_image_pixels": s.max_image_pixels,
+        "max_image_bytes": s.max_image_bytes,
+        "max_points": params.max_points,
+        "max_encode_batch": s.max_encode_batch,
+        "sam2_model_size": params.model_size,
+    }.items():
+        config.parameters[key].string_value = str(value)
+    return config
+
+
 def to_text(config: mc.ModelConfig) -> str:
     """The ``config.pbtxt`` text of ``config``."""
-    return HEADER + text_format.MessageToString(config)
+    text = text_format.MessageToString(config)
+    # CONTROL_SEQUENCE_START is the enum's zero value, which text_format leaves out; a reader
+    # (and Triton's own examples) expect to see it. Parsing gives the same message either way.
+    text = text.replace(
+        '  control_input {\n    name: "START"\n    control {\n',
+        '  control_input {\n    name: "START"\n    control {\n      kind: CONTROL_SEQUENCE_START\n',
+    )
+    return HEADER + text
 
 
 def read_config(path: str | os.PathLike) -> mc.ModelConfig:
@@ -325,6 +460,8 @@ def repository_configs(
         f"{DECODER_PROMPTS}/configs/{CPU_CONFIG_NAME}.pbtxt": decoder_prompts_config(cpu),
         f"{ENSEMBLE}/config.pbtxt": ensemble_config(gpu),
         f"{ENSEMBLE}/configs/{CPU_CONFIG_NAME}.pbtxt": ensemble_config(cpu),
+        f"{SESSION}/config.pbtxt": session_config(gpu),
+        f"{SESSION}/configs/{CPU_CONFIG_NAME}.pbtxt": session_config(cpu),
     }
 
 
@@ -334,13 +471,14 @@ def write_repository_configs(
     gpu: RepositoryParams | None = None,
     cpu: RepositoryParams | None = None,
 ) -> list[Path]:
-    """Write all configs (and the ensemble's empty version folder) under ``repository``."""
+    """Write all configs (and the empty version folders of the models without a file)."""
     repository = Path(repository)
     gpu = gpu or RepositoryParams(model_size=model_size)
     written = []
     for rel, config in repository_configs(gpu, cpu).items():
         written.append(write_text_atomic(repository / rel, to_text(config)))
-    (repository / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
+    for model in (ENSEMBLE, SESSION):  # Triton needs a version folder, even an empty one
+        (repository / model / "1").mkdir(parents=True, exist_ok=True)
     return written
 
 

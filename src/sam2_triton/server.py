@@ -28,7 +28,9 @@ from pathlib import Path
 from sam2_triton.model_config import ONNX_PLATFORM, read_config
 from sam2_triton.models import UserError
 
-BACKEND_SOURCE = Path(__file__).parent / "backend" / "onnxruntime" / "model.py"
+#: This project's Python-based backends, one folder each: ``onnxruntime`` (stands in for
+#: NVIDIA's C++ ONNX Runtime backend) and ``sam2_session`` (the stateful session model).
+BACKENDS = Path(__file__).parent / "backend"
 
 
 def tritonserver_dist() -> Path:
@@ -135,7 +137,7 @@ class EmbeddedTriton:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def prepare_backends(self, root: Path) -> Path:
-        """Lay out ``root/backends`` with the python backend and our ``onnxruntime`` one."""
+        """Lay out ``root/backends`` with the python backend and our Python-based ones."""
         dist = tritonserver_dist()
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -144,8 +146,9 @@ class EmbeddedTriton:
         backends = root / "backends"
         shutil.copytree(dist / "backends" / "python", backends / "python")
         shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
-        (backends / "onnxruntime").mkdir(parents=True)
-        shutil.copy2(BACKEND_SOURCE, backends / "onnxruntime" / "model.py")
+        for source in sorted(BACKENDS.glob("*/model.py")):
+            (backends / source.parent.name).mkdir(parents=True)
+            shutil.copy2(source, backends / source.parent.name / "model.py")
         return backends
 
     def command(self, backends: Path) -> list[str]:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from sam2_triton.models import MODEL_SIZES, UserError
+
+#: ``--session-*`` flags and the :class:`~sam2_triton.model_config.SessionServing` field each sets.
+SESSION_FLAGS = {
+    "max_batch_size": "requests of different sessions per execution",
+    "instances": "model instances (each keeps its own sessions)",
+    "max_sessions": "live sessions per instance (least recently used evicted first)",
+    "idle_timeout": "seconds after its last request a session is dropped",
+    "max_image_pixels": "larger images are refused",
+}
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -19,38 +29,53 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sam2_triton.model_config import RepositoryParams
-
-    d = RepositoryParams()
     p = argparse.ArgumentParser(
         prog="configure_repository.py",
         description="Write config.pbtxt (GPU) and configs/cpu.pbtxt (CPU) for sam2_encoder, "
-        "sam2_decoder, sam2_decoder_prompts and the sam2 ensemble. Flags change the GPU "
-        "configs; the CPU configs keep their defaults. The ONNX files are not touched.",
+        "sam2_decoder, sam2_decoder_prompts, the sam2 ensemble and sam2_session. Flags change "
+        "the configs of --target (default: the GPU ones); the others keep their defaults. The "
+        "ONNX files are not touched.",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--model", default=d.model_size, choices=list(MODEL_SIZES))
-    p.add_argument("--precision", default=d.precision, choices=("FP16", "FP32"), help="TensorRT")
-    p.add_argument("--trt-cache-dir", default=d.trt_cache_dir)
-    for name, s in (("encoder", d.encoder), ("decoder", d.decoder)):
+    p.add_argument("--model", default="base_plus", choices=list(MODEL_SIZES))
+    p.add_argument(
+        "--target",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="which configs the flags below change: config.pbtxt (gpu) or configs/cpu.pbtxt",
+    )
+    p.add_argument("--precision", choices=("FP16", "FP32"), help="TensorRT (GPU)")
+    p.add_argument("--trt-cache-dir")
+    for name in ("encoder", "decoder"):
         g = p.add_argument_group(name)
-        g.add_argument(f"--{name}-max-batch-size", type=int, default=s.max_batch_size)
-        g.add_argument(
-            f"--{name}-preferred-batch-sizes", type=_sizes, default=s.preferred_batch_sizes
-        )
-        g.add_argument(f"--{name}-queue-delay-us", type=int, default=s.max_queue_delay_us)
-        g.add_argument(f"--{name}-instances", type=int, default=s.instance_count)
-        g.add_argument(f"--{name}-max-queue-size", type=int, default=s.max_queue_size)
+        g.add_argument(f"--{name}-max-batch-size", type=int)
+        g.add_argument(f"--{name}-preferred-batch-sizes", type=_sizes)
+        g.add_argument(f"--{name}-queue-delay-us", type=int)
+        g.add_argument(f"--{name}-instances", type=int)
+        g.add_argument(f"--{name}-max-queue-size", type=int)
+    g = p.add_argument_group("sam2_session")
+    for flag, meaning in SESSION_FLAGS.items():
+        g.add_argument(f"--session-{flag.replace('_', '-')}", type=int, help=meaning)
     p.add_argument("--check", action="store_true", help="only compare with the ONNX files")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _changed(base, **values):
+    """``base`` (a frozen dataclass) with the flags that were given."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(base, **given) if given else base
+
+
+def params_from_args(args: argparse.Namespace):
+    """The GPU and CPU :class:`~sam2_triton.model_config.RepositoryParams` the flags ask for."""
     from sam2_triton import model_config as mc
 
-    args = build_parser().parse_args(argv)
+    gpu = mc.RepositoryParams(model_size=args.model)
+    cpu = mc.RepositoryParams.cpu_defaults(args.model)
+    base = gpu if args.target == "gpu" else cpu
     serving = {
-        name: mc.ModelServing(
+        name: _changed(
+            getattr(base, name),
             max_batch_size=getattr(args, f"{name}_max_batch_size"),
             preferred_batch_sizes=getattr(args, f"{name}_preferred_batch_sizes"),
             max_queue_delay_us=getattr(args, f"{name}_queue_delay_us"),
@@ -59,14 +84,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for name in ("encoder", "decoder")
     }
-    gpu = mc.RepositoryParams(
-        model_size=args.model,
+    session = _changed(
+        base.session,
+        max_batch_size=args.session_max_batch_size,
+        instance_count=args.session_instances,
+        max_sessions=args.session_max_sessions,
+        idle_timeout_s=args.session_idle_timeout,
+        max_image_pixels=args.session_max_image_pixels,
+    )
+    changed = _changed(
+        base,
         precision=args.precision,
         trt_cache_dir=args.trt_cache_dir,
+        session=session,
         **serving,
     )
+    return (changed, cpu) if args.target == "gpu" else (gpu, changed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sam2_triton import model_config as mc
+
+    args = build_parser().parse_args(argv)
+    gpu, cpu = params_from_args(args)
     if not args.check:
-        for path in mc.write_repository_configs(args.repository, gpu=gpu):
+        for path in mc.write_repository_configs(args.repository, gpu=gpu, cpu=cpu):
             print(f"wrote {path}")
     problems = []
     for model in (mc.ENCODER, mc.DECODER, mc.DECODER_PROMPTS):

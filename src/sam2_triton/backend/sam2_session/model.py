@@ -1,0 +1,187 @@
+"""Triton Python-based backend ``sam2_session``: send the image once, then decode prompts.
+
+A session is a Triton sequence (``sequence_id``, ``sequence_start``, ``sequence_end`` in the
+HTTP/gRPC request). Triton's sequence batcher sends every request of a sequence to the model
+instance that got its start, so this instance keeps the session's image features on its device
+(:mod:`sam2_triton.sessions.image`) and later requests carry only prompts. The batcher's
+"oldest" strategy batches requests of different sessions; one ``execute`` call encodes their
+new images together and decodes their prompts together.
+
+This file only translates between Triton's tensors and :class:`ImageSessionEngine`; the logic
+and its tests live in the package. Triton finds it as ``<backend-directory>/sam2_session/
+model.py`` (``backend: "sam2_session"`` in the config): ``scripts/serve_local.py`` lays that
+out for the embedded server, ``docker/Dockerfile`` for the NGC image.
+
+Wire contract (inputs all optional; Triton adds the batch dim of 1):
+``image_bytes`` UINT8 [-1], ``point_coords`` FP32 [-1, 2], ``point_labels`` INT32 [-1],
+``box`` FP32 [4], ``multimask_output`` BOOL [1], ``use_previous_mask`` BOOL [1],
+``mask_input`` FP32 [256, 256] (optional low-res logits instead of the previous mask) →
+``masks`` UINT8 [-1, -1, -1], ``iou_predictions`` FP32 [-1], ``low_res_masks`` FP32
+[-1, 256, 256], ``mask_png`` UINT8 [-1], ``image_size`` INT32 [2]. A request gets only the
+outputs it asks for (all when it names none).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from sam2_triton.sessions.image import (
+    OUTPUTS,
+    ImageSession,
+    ImageSessionEngine,
+    RequestError,
+    SessionLimits,
+    SessionRequest,
+)
+from sam2_triton.sessions.runtime import torch_device
+from sam2_triton.sessions.store import Sweeper
+
+#: The control inputs the sequence batcher fills in (see the config).
+START, END, CORRID = "START", "END", "CORRID"
+
+
+def _param(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", "") or default
+
+
+class TritonPythonModel:
+    """One ``sam2_session`` instance: its sessions and its ONNX Runtime sessions."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        limits = SessionLimits(
+            max_sessions=int(_param(config, "max_sessions", "64")),
+            idle_timeout_s=float(_param(config, "session_idle_timeout_s", "600")),
+            max_image_pixels=int(_param(config, "max_image_pixels", "64000000")),
+            max_image_bytes=int(_param(config, "max_image_bytes", str(64 << 20))),
+            max_points=int(_param(config, "max_points", "64")),
+            max_encode_batch=int(_param(config, "max_encode_batch", "8")),
+        )
+        # The networks are the repository's own exported graphs: the config names their model
+        # folders (in this repository, or absolute paths).
+        repository = Path(args["model_repository"]).parent
+        graphs = [
+            repository / _param(config, f"{role}_model", f"sam2_{role}") / "1" / "model.onnx"
+            for role in ("encoder", "decoder")
+        ]
+        kind = args.get("model_instance_kind", "CPU")
+        device_id = int(args.get("model_instance_device_id", 0) or 0)
+        log = pb_utils.Logger
+        try:
+            device = torch_device(kind, device_id)
+            self.engine = ImageSessionEngine(
+                *graphs,
+                device,
+                limits,
+                intra_op_threads=int(_param(config, "intra_op_thread_count", "0")),
+                on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
+            )
+        except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
+            raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
+        # Expired sessions are freed even when no request comes.
+        self.sweeper = Sweeper(self.engine.store, min(30.0, limits.idle_timeout_s / 4)).start()
+        self.max_elements = {
+            "image_bytes": limits.max_image_bytes,
+            "point_coords": 2 * limits.max_points,
+            "point_labels": limits.max_points,
+            "box": 4,
+            "multimask_output": 1,
+            "use_previous_mask": 1,
+            "mask_input": 256 * 256,
+        }
+        log.log_info(
+            f"{self.name}: {kind} instance {device_id} on {device} "
+            f"({', '.join(self.engine.decoder.providers)}); at most {limits.max_sessions} "
+            f"sessions of {ImageSession.nbytes() / 2**20:.2f} MiB, idle timeout "
+            f"{limits.idle_timeout_s:g} s"
+        )
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        parsed: list[tuple[int, SessionRequest]] = []
+        for i, request in enumerate(requests):
+            try:
+                parsed.append((i, self._read(request)))
+            except RequestError as e:
+                responses[i] = self._error(str(e))
+        try:
+            answers = self.engine.execute([r for _, r in parsed])
+        except Exception as e:  # noqa: BLE001 - report, keep serving
+            answers = [e] * len(parsed)
+        for (i, request), answer in zip(parsed, answers):
+            if isinstance(answer, RequestError):
+                responses[i] = self._error(str(answer))
+            elif isinstance(answer, Exception):
+                responses[i] = self._error(f"{self.name} failed: {answer}", internal=True)
+            else:
+                tensors = [
+                    pb_utils.Tensor(name, value[None])
+                    for name in OUTPUTS
+                    if name in request.outputs and (value := self._output(answer, name)) is not None
+                ]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def _read(self, request) -> SessionRequest:
+        """The request's inputs, each checked against its limit from its declared shape
+        before any array is made of it."""
+        values = {}
+        for name, limit in self.max_elements.items():
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                continue
+            count = math.prod(int(d) for d in tensor.shape())
+            if count > limit:
+                raise RequestError(f"{name} has {count} values; at most {limit} are accepted")
+            values[name] = tensor.as_numpy()[0]  # drop Triton's batch dim
+        control = {
+            name: pb_utils.get_input_tensor_by_name(request, name) for name in (START, END, CORRID)
+        }
+        if control[CORRID] is None:
+            raise RequestError("sam2_session needs a sequence_id (one per session)")
+        points = values.get("point_coords")
+        labels = values.get("point_labels")
+        if labels is not None and points is None:
+            raise RequestError("point_labels given without point_coords")
+        if labels is not None and len(labels) != len(points):
+            raise RequestError(
+                f"{len(labels)} point_labels for {len(points)} point_coords: one label per point"
+            )
+        image = values.get("image_bytes")
+        asked = request.requested_output_names()
+        return SessionRequest(
+            session_id=int(control[CORRID].as_numpy().reshape(-1)[0]),
+            start=bool(control[START].as_numpy().reshape(-1)[0]) if control[START] else False,
+            end=bool(control[END].as_numpy().reshape(-1)[0]) if control[END] else False,
+            image_bytes=None if image is None else image.tobytes(),
+            points=None if points is None or not len(points) else points.astype(np.float32),
+            labels=None if labels is None or not len(labels) else labels.astype(np.int64),
+            box=None if values.get("box") is None else values["box"].astype(np.float32),
+            multimask=bool(values.get("multimask_output", [False])[0]),
+            use_previous_mask=bool(values.get("use_previous_mask", [False])[0]),
+            mask_input=values.get("mask_input"),
+            outputs=frozenset(asked) if asked else frozenset(OUTPUTS),
+        )
+
+    @staticmethod
+    def _output(answer, name: str) -> np.ndarray | None:
+        if name == "image_size":
+            return np.asarray(answer.image_size, np.int32)
+        if name == "mask_png":
+            return None if answer.mask_png is None else np.frombuffer(answer.mask_png, np.uint8)
+        return getattr(answer, name)
+
+    @staticmethod
+    def _error(message: str, internal: bool = False):
+        code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+    def finalize(self) -> None:
+        self.sweeper.stop()
+        self.engine.close()
