@@ -4,8 +4,10 @@ No torch: numpy, Pillow, OpenCV and tritonclient only.
 
 * :func:`load_image` — any image file → ``[H, W, 3]`` uint8 RGB, upright.
 * :class:`Sam2Transforms` — Meta's image/prompt/mask transforms in numpy.
-* :class:`Sam2Client` — encode an image once (LRU-cached), decode many prompt sets over
-  HTTP or gRPC, optionally through system shared memory.
+* :class:`Sam2Client` — ``client.session(image)`` gives a :class:`Sam2Session`: the server
+  keeps the image (``sam2_session``), each prompt travels alone. Or the stateless path:
+  encode an image once (LRU-cached), decode many prompt sets over HTTP or gRPC, optionally
+  through system shared memory.
 * :class:`Sam2Pipeline` + :class:`OnnxRuntimeBackend` — the same logic on the ONNX files
   in-process (offline use, tests).
 """
@@ -21,8 +23,9 @@ from sam2_triton.client.pipeline import (
     image_key,
 )
 from sam2_triton.client.prompts import Prompt, make_prompt
+from sam2_triton.client.session import Sam2Session, SessionPrediction
 from sam2_triton.client.transforms import Sam2Transforms
-from sam2_triton.client.triton import TritonBackend
+from sam2_triton.client.triton import SessionLost, TritonBackend
 from sam2_triton.models import UserError
 
 __all__ = [
@@ -33,7 +36,10 @@ __all__ = [
     "Prompt",
     "Sam2Client",
     "Sam2Pipeline",
+    "Sam2Session",
     "Sam2Transforms",
+    "SessionLost",
+    "SessionPrediction",
     "TritonBackend",
     "UserError",
     "as_rgb",

@@ -2,6 +2,9 @@
 
 >>> from sam2_triton.client import Sam2Client, load_image
 >>> with Sam2Client("localhost:8000") as client:          # doctest: +SKIP
+...     with client.session("photo.jpg") as session:      # the server keeps the image
+...         pred = session.predict(points=[[500, 375]])   # then only prompts travel
+>>> with Sam2Client("localhost:8000") as client:          # doctest: +SKIP
 ...     client.wait_until_ready(timeout=60)
 ...     embedding = client.encode_image(load_image("photo.jpg"))
 ...     pred = client.decode(embedding, points=[[500, 375]], labels=[1])
@@ -13,10 +16,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sam2_triton.client.pipeline import Sam2Pipeline
+from sam2_triton.client.session import Sam2Session
 from sam2_triton.client.transforms import Sam2Transforms
 from sam2_triton.client.triton import TritonBackend
-from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER
+from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER, SESSION
 
 
 class Sam2Client(Sam2Pipeline):
@@ -71,6 +77,11 @@ class Sam2Client(Sam2Pipeline):
     @property
     def protocol(self) -> str:
         return self.triton.protocol
+
+    def session(self, image: Any, *, model: str = SESSION) -> Sam2Session:
+        """A server-side session on ``image`` (a path, the file's bytes or an RGB array): the
+        image travels once, each :meth:`Sam2Session.predict` sends only its prompt."""
+        return Sam2Session(self.triton, image, model=model, max_points=self.max_points)
 
     def check_ready(self) -> None:
         """Raise :class:`UserError` unless the server and ``sam2_encoder``/``sam2_decoder`` are

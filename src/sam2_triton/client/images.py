@@ -54,6 +54,15 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, f"image {path}")
 
 
+def image_size(data: bytes, name: str = "image") -> tuple[int, int]:
+    """``(H, W)`` of an encoded image as :func:`decode_image` returns it (EXIF orientation
+    applied), read from the file's header without decoding its pixels."""
+    img = _open(data, name)
+    w, h = img.size
+    # Orientations 5 to 8 turn the image a quarter (or transpose it): width and height swap.
+    return (w, h) if _orientation(img) in (5, 6, 7, 8) else (h, w)
+
+
 def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """Decode an encoded image file's bytes as :func:`load_image` does (``name`` is what error
     messages call it). With ``max_pixels``, an image of more pixels is refused from its header,

@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from sam2_triton.export import ENCODER_OUTPUTS, TENSOR_SHAPES
-from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER, MAX_POINTS, MAX_PROMPTS
+from sam2_triton.model_config import (
+    DECODER,
+    DECODER_PROMPTS,
+    ENCODER,
+    MAX_POINTS,
+    MAX_PROMPTS,
+    SESSION_HEADER,
+)
 from sam2_triton.models import UserError
 
 T = TypeVar("T")
@@ -33,6 +40,18 @@ PROTOCOLS = ("http", "grpc")
 _NAMES = {"http": "HTTP", "grpc": "gRPC"}
 _URL = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 _counter = itertools.count()
+
+
+#: Wire data types of sam2_session's inputs (Triton's name, numpy's).
+SESSION_INPUT_TYPES: dict[str, tuple[str, type]] = {
+    "image_bytes": ("UINT8", np.uint8),
+    "point_coords": ("FP32", np.float32),
+    "point_labels": ("INT32", np.int32),
+    "box": ("FP32", np.float32),
+    "multimask_output": ("BOOL", np.bool_),
+    "use_previous_mask": ("BOOL", np.bool_),
+    "mask_input": ("FP32", np.float32),
+}
 
 
 def parse_url(url: str) -> str:
@@ -129,6 +148,20 @@ class _Transient(Exception):
     """A failure that may pass: the server restarting, unreachable for a moment, or full."""
 
 
+class _RegionsLost(Exception):
+    """The server does not know this client's shared-memory regions (it restarted)."""
+
+
+class SessionLost(UserError):
+    """The server holds no image for this session (expired, evicted, never started there,
+    or the server restarted): start it again with the image."""
+
+
+#: How the server says it has no such session: Triton's sequence batcher for a sequence it
+#: does not know, or sam2_session for one whose image it dropped.
+_SESSION_LOST = ("must specify the START flag", "has no image on this server")
+
+
 class TritonBackend:
     """``sam2_encoder`` + ``sam2_decoder`` on the Triton server at ``url`` (``HOST:PORT``).
 
@@ -166,24 +199,45 @@ class TritonBackend:
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
         self._reached = False  # retries only once this client has talked to the server
-        self._lock = threading.RLock()  # tritonclient's HTTP client is not thread-safe
+        self._lock = threading.RLock()  # the shared-memory bookkeeping below
         self._features: list[SharedFeatures] = []
         self._image_region: SharedRegion | None = None
+        self._verbose = verbose
+        # tritonclient's HTTP client runs on gevent, whose loop belongs to the thread that
+        # made it: each thread gets its own (see `client`). gRPC's client is thread-safe.
+        self._local = threading.local()
+        self._clients: list = []
         if protocol == "http":
             import tritonclient.http as module
-
-            self.client = module.InferenceServerClient(
-                self.url,
-                verbose=verbose,
-                connection_timeout=min(timeout_s, 10.0),
-                network_timeout=timeout_s,
-            )
         else:
             import tritonclient.grpc as module
-
-            self.client = module.InferenceServerClient(self.url, verbose=verbose)
         self.module = module
         self._closed = False
+
+    @property
+    def client(self):
+        """This thread's tritonclient ``InferenceServerClient`` (made on first use)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc" and self._clients:
+                client = self._clients[0]
+            else:
+                with self._lock:
+                    if self.protocol == "grpc" and self._clients:
+                        client = self._clients[0]
+                    elif self.protocol == "http":
+                        client = self.module.InferenceServerClient(
+                            self.url,
+                            verbose=self._verbose,
+                            connection_timeout=min(self.timeout_s, 10.0),
+                            network_timeout=self.timeout_s,
+                        )
+                    else:
+                        client = self.module.InferenceServerClient(self.url, verbose=self._verbose)
+                    if client not in self._clients:
+                        self._clients.append(client)
+            self._local.client = client
+        return client
 
     # --- errors ------------------------------------------------------------------------------
 
@@ -198,11 +252,19 @@ class TritonBackend:
         not retried: the server may still be working on the request.
         """
         delay, start = self.retry_backoff_s, time.monotonic()
+        reregistered = False
         for attempt in range(self.retries + 1):
             try:
                 result = self._call_once(action, fn, *args, **kwargs)
                 self._reached = True
                 return result
+            except _RegionsLost as e:
+                # The server restarted and forgot our regions; their contents (the image,
+                # the features) are still ours: register them again and repeat the call.
+                if reregistered:
+                    raise UserError(str(e)) from None
+                self._register_again()
+                reregistered = True
             except _Transient as e:
                 if not self._reached or attempt == self.retries:
                     gave_up = (
@@ -223,10 +285,13 @@ class TritonBackend:
         if self.protocol == "grpc":
             kwargs.setdefault("client_timeout", self.timeout_s)
         try:
-            with self._lock:
-                return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except InferenceServerException as e:
             status = str(e.status() or "")
+            if self.shared_memory and "Unable to find shared memory region" in _message(e):
+                raise _RegionsLost(f"{action} failed on {self.url}: {_message(e)}") from None
+            if any(text in _message(e) for text in _SESSION_LOST):
+                raise SessionLost(f"{action} failed on {self.url}: {_message(e)}") from None
             if "DEADLINE_EXCEEDED" in status:
                 raise UserError(self._timed_out(action)) from None
             if "UNAVAILABLE" in status:
@@ -397,6 +462,47 @@ class TritonBackend:
         )
         return {n: result.as_numpy(n) for n in outputs}
 
+    # --- sessions ----------------------------------------------------------------------------
+
+    def infer_session(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        session_id: int,
+        start: bool = False,
+        end: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """One request of session ``session_id`` to the stateful ``model`` (``sam2_session``).
+
+        ``inputs`` map contract names to arrays without Triton's batch dim (their data types
+        are the contract's); the request carries the session's affinity header. Raises
+        :class:`SessionLost` when the server has no image for the session.
+        """
+        tensors = []
+        for name, value in inputs.items():
+            value = np.ascontiguousarray(value, SESSION_INPUT_TYPES[name][1])[None]
+            t = self.module.InferInput(name, list(value.shape), SESSION_INPUT_TYPES[name][0])
+            if self.protocol == "http":
+                t.set_data_from_numpy(value, binary_data=True)
+            else:
+                t.set_data_from_numpy(value)
+            tensors.append(t)
+        header = SESSION_HEADER if self.protocol == "http" else SESSION_HEADER.lower()
+        result = self._call(
+            f"request of session {session_id} to {model}",
+            self.client.infer,
+            model,
+            tensors,
+            outputs=[self._output(n) for n in outputs],
+            sequence_id=session_id,
+            sequence_start=start,
+            sequence_end=end,
+            headers={header: str(session_id)},
+        )
+        return {n: result.as_numpy(n)[0] for n in outputs}
+
     # --- clean-up ----------------------------------------------------------------------------
 
     def release(
@@ -411,6 +517,24 @@ class TritonBackend:
             if features in self._features:
                 self._features.remove(features)
         return copies
+
+    def _register_again(self) -> None:
+        """Register every live region again (after a server restart)."""
+        with self._lock:
+            regions = [f.region for f in self._features]
+            if self._image_region is not None:
+                regions.append(self._image_region)
+            for region in regions:
+                if region.handle is not None:
+                    with contextlib.suppress(Exception):  # a stale registration is harmless
+                        self.client.unregister_system_shared_memory(region.name)
+                    self._call_once(
+                        f"registering shared memory {region.name} again",
+                        self.client.register_system_shared_memory,
+                        region.name,
+                        region.key,
+                        region.byte_size,
+                    )
 
     def shared_memory_regions(self) -> list[str]:
         """Names of the regions this client has registered now."""
@@ -431,5 +555,7 @@ class TritonBackend:
                 self._image_region.destroy()
                 self._image_region = None
             self._closed = True
-            with contextlib.suppress(Exception):  # a dead connection must not mask errors
-                self.client.close()
+            for client in self._clients:
+                with contextlib.suppress(Exception):  # a dead connection must not mask errors
+                    client.close()
+            self._clients.clear()
