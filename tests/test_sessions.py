@@ -1,0 +1,520 @@
+"""``sam2_session``: the image once, then prompts alone; masks equal Meta's predictor.
+
+In-process (:class:`ImageSessionEngine` on the ONNX files) and over the real embedded Triton
+(``triton_server``: CPU configs, two ``sam2_session`` instances) through
+:class:`~sam2_triton.client.Sam2Session`, over HTTP and gRPC. The reference is Meta's
+``SAM2ImagePredictor`` on the same weights and photos (tolerances of
+``test_client_pipeline.py``: logits within 1e-3, masks equal on confident pixels).
+
+A second, small server (``small_server``: one instance, at most 2 sessions, a 3 s idle
+timeout) shows the bounds: eviction, expiry, and memory that does not grow with sessions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as httpclient
+from conftest import serving
+from PIL import Image
+from test_client_pipeline import (
+    LOGIT_TOL,
+    MARGIN,
+    MAX_MASK_MISMATCH,
+    PROMPT_CASES,
+    predictor_states,
+)
+
+from sam2_triton.client import Sam2Client, SessionLost, UserError
+from sam2_triton.files import write_text_atomic
+from sam2_triton.model_config import SESSION, SESSION_HEADER
+
+#: The prompt sequence of one session: (case, multimask, refine with the previous mask).
+STEPS = [
+    ("one_point", False, False),
+    ("points_with_negative", True, False),
+    ("box", True, False),
+    ("box_and_point", False, True),
+]
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reference(predictor):
+    return predictor_states(predictor)
+
+
+def reference_steps(reference, name: str, image: np.ndarray) -> list:
+    """Meta's answers for :data:`STEPS` on ``image``, each refinement with the previous
+    answer's best low-res logits (as Meta's notebooks do: ``logits[np.argmax(scores)]``)."""
+    answers, previous = [], None
+    for case, multimask, refine in STEPS:
+        prompt = PROMPT_CASES[case].pixels(image.shape[:2])
+        mask_input = previous if refine else None
+        ref = reference.predict(name, image, multimask, mask_input, **prompt)
+        answers.append(ref)
+        previous = ref.low_res[np.argmax(ref.iou)][None]
+    return answers
+
+
+def assert_same(masks: np.ndarray, iou, low_res, ref) -> None:
+    """Server answer (bool masks at the original size, IoU, clamped low-res logits) equal to
+    the predictor's on real logits (random-init logits are small: no -1024 constant here)."""
+    assert masks.shape == ref.logits.shape, (masks.shape, ref.logits.shape)
+    assert np.abs(ref.low_res).max() > 0.01  # real logits, not a constant
+    assert np.abs(np.asarray(iou) - ref.iou).max() <= LOGIT_TOL
+    if low_res is not None:
+        assert np.abs(low_res - ref.low_res).max() <= LOGIT_TOL
+    confident = np.abs(ref.logits) > MARGIN
+    differ = ((masks != (ref.logits > 0)) & confident).sum() / max(confident.sum(), 1)
+    assert differ <= MAX_MASK_MISMATCH, differ
+
+
+# --- in-process: the engine itself ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_repository):
+    import torch
+
+    from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
+
+    return ImageSessionEngine(
+        tiny_repository / "sam2_encoder" / "1" / "model.onnx",
+        tiny_repository / "sam2_decoder" / "1" / "model.onnx",
+        torch.device("cpu"),
+        SessionLimits(max_sessions=4),
+    )
+
+
+def test_engine_equals_predictor_over_a_session(engine, reference, photos):
+    """Every step of a session (single/multimask, negative points, box, box + point,
+    refinement with the kept mask), in-process, equals the predictor's logits."""
+    from sam2_triton.sessions.image import SessionRequest
+
+    image = photos["coffee"]
+    refs = reference_steps(reference, "coffee", image)
+    for step, ((case, multimask, refine), ref) in enumerate(zip(STEPS, refs)):
+        kw = PROMPT_CASES[case].pixels(image.shape[:2])
+        request = SessionRequest(
+            session_id=7,
+            start=step == 0,
+            image_bytes=png_bytes(image) if step == 0 else None,
+            points=None if "points" not in kw else np.asarray(kw["points"], np.float32),
+            labels=None if "labels" not in kw else np.asarray(kw["labels"]),
+            box=None if "box" not in kw else np.asarray(kw["box"], np.float32),
+            multimask=multimask,
+            use_previous_mask=refine,
+        )
+        (answer,) = engine.execute([request])
+        assert not isinstance(answer, Exception), answer
+        assert answer.image_size == image.shape[:2]
+        assert_same(answer.masks.astype(bool), answer.iou_predictions, answer.low_res_masks, ref)
+        png = np.asarray(Image.open(io.BytesIO(answer.mask_png)))
+        assert np.array_equal(png == 255, answer.masks[np.argmax(answer.iou_predictions)] == 1)
+
+
+def test_engine_batches_prompts_of_several_sessions(engine, photos):
+    """Prompts of two sessions in one batch (one decoder run) equal each alone."""
+    from sam2_triton.sessions.image import SessionRequest
+
+    images = {1: photos["astronaut"], 2: photos["chelsea"]}
+    engine.execute(
+        [SessionRequest(k, start=True, image_bytes=png_bytes(v)) for k, v in images.items()]
+    )
+
+    def request(key):
+        kw = PROMPT_CASES["points_with_negative"].pixels(images[key].shape[:2])
+        return SessionRequest(
+            key, points=np.asarray(kw["points"], np.float32), labels=np.asarray(kw["labels"])
+        )
+
+    together = engine.execute([request(1), request(2)])
+    for key, answer in zip(images, together):
+        (alone,) = engine.execute([request(key)])
+        assert np.array_equal(answer.masks, alone.masks)
+        assert np.allclose(answer.low_res_masks, alone.low_res_masks, atol=1e-5)
+
+
+def test_engine_forgets_idle_sessions_and_says_why(engine, photos):
+    """Expired, evicted, ended and unknown sessions get a 400 that names the reason and says
+    to start again with the image."""
+    from sam2_triton.sessions.image import RequestError, SessionRequest
+
+    data = png_bytes(photos["chelsea"])
+    engine.execute([SessionRequest(k, start=True, image_bytes=data) for k in (11, 12)])
+    engine.execute([SessionRequest(12, end=True)])
+    engine.store.expire(now=time.monotonic() + engine.limits.idle_timeout_s + 1)
+    box = np.array([1, 1, 50, 50], np.float32)
+    answers = engine.execute([SessionRequest(k, box=box) for k in (11, 12, 13)])
+    assert all(isinstance(a, RequestError) for a in answers)
+    for answer, why in zip(answers, ("idle for too long", "ended", "never started")):
+        assert why in str(answer) and "start it again with the image" in str(answer)
+
+
+# --- over the wire ------------------------------------------------------------------------------
+
+
+def session_steps(client: Sam2Client, image: np.ndarray, data: bytes) -> list:
+    """Run :data:`STEPS` in one session; the first request carries the image and the click."""
+    out = []
+    with client.session(data) as session:
+        for case, multimask, refine in STEPS:
+            pred = session.predict(
+                **PROMPT_CASES[case].pixels(image.shape[:2]),
+                multimask=multimask,
+                use_previous_mask=refine,
+                outputs=("masks", "iou_predictions", "low_res_masks", "mask_png"),
+            )
+            out.append(pred)
+    return out
+
+
+def session_count(server) -> tuple[int, int]:
+    """(inferences, executions) of sam2_session so far."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        stats = client.get_inference_statistics(SESSION)["model_stats"][0]
+        return int(stats["inference_count"]), int(stats["execution_count"])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("protocol", "photo"), [("http", "astronaut"), ("grpc", "chelsea")])
+def test_session_equals_predictor(triton_server, reference, photos, protocol, photo):
+    image = photos[photo]
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    before = session_count(triton_server)[0]
+    with Sam2Client(url, protocol) as client:
+        predictions = session_steps(client, image, jpeg_bytes(image, 100))
+    # The reference decodes the very same JPEG file the server got.
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg_bytes(image, 100))).convert("RGB"))
+    for pred, ref in zip(predictions, reference_steps(reference, f"{photo}.jpg", decoded)):
+        assert_same(pred.masks, pred.iou_predictions, pred.low_res_logits, ref)
+        png = np.asarray(Image.open(io.BytesIO(pred.mask_png)))
+        assert png.shape == image.shape[:2] and np.array_equal(png == 255, pred.best_mask)
+    # One request per step plus the closing one: the image travelled with the first click.
+    assert session_count(triton_server)[0] - before == len(STEPS) + 1
+
+
+def test_interleaved_sessions_on_two_instances_are_isolated(triton_server, reference, photos):
+    """Six sessions on three photos (two instances), their clicks interleaved from six
+    threads: each answer equals Meta's for that photo and prompt alone; concurrent clicks of
+    different sessions share executions (the sequence batcher's oldest strategy)."""
+    names = ["astronaut", "coffee", "chelsea"] * 2
+    cases = ["one_point", "points_with_negative", "box"]
+    barrier = threading.Barrier(len(names))
+
+    def run(i: int, client: Sam2Client) -> list:
+        image = photos[names[i]]
+        with client.session(png_bytes(image)) as session:
+            session.start()
+            barrier.wait(timeout=300)
+            return [
+                session.predict(
+                    **PROMPT_CASES[c].pixels(image.shape[:2]),
+                    multimask=i % 2 == 1,
+                    outputs=("masks", "iou_predictions", "low_res_masks"),
+                )
+                for c in cases
+            ]
+
+    with Sam2Client(triton_server.grpc_url, "grpc") as client:
+        inferences, executions = session_count(triton_server)
+        with ThreadPoolExecutor(len(names)) as pool:
+            together = list(pool.map(lambda i: run(i, client), range(len(names))))
+        inferences2, executions2 = session_count(triton_server)
+    for i, predictions in enumerate(together):
+        image = photos[names[i]]
+        for case, pred in zip(cases, predictions):
+            prompt = PROMPT_CASES[case].pixels(image.shape[:2])
+            ref = reference.predict(names[i], image, i % 2 == 1, None, **prompt)
+            assert_same(pred.masks, pred.iou_predictions, pred.low_res_logits, ref)
+    assert executions2 - executions < inferences2 - inferences  # some batches held several
+
+
+def test_session_header_and_small_requests(triton_server, photos):
+    """Each request carries the affinity header; a prompt-only request is a few hundred
+    bytes (measured on the wire through a recording proxy-less HTTP client)."""
+    from sam2_triton.client.triton import TritonBackend
+
+    sent = []
+    backend = TritonBackend(triton_server.http_url)
+    original = backend.infer_session
+
+    def recording(*args, **kwargs):
+        sent.append(kwargs["session_id"])
+        return original(*args, **kwargs)
+
+    backend.infer_session = recording
+    from sam2_triton.client.session import Sam2Session
+
+    image = photos["chelsea"]
+    with Sam2Session(backend, png_bytes(image)) as session:
+        session.start()
+        kw = PROMPT_CASES["one_point"].pixels(image.shape[:2])
+        # The same request by hand: JSON header + binary prompt, as a browser would send it.
+        body = (
+            b'{"parameters":{"sequence_id":%d,"binary_data_output":true},'
+            b'"inputs":[{"name":"point_coords","shape":[1,1,2],"datatype":"FP32",'
+            b'"parameters":{"binary_data_size":8}},{"name":"point_labels","shape":[1,1],'
+            b'"datatype":"INT32","parameters":{"binary_data_size":4}}],'
+            b'"outputs":[{"name":"iou_predictions"}]}' % session.session_id
+        )
+        header_length = len(body)
+        body += np.asarray(kw["points"], np.float32).tobytes() + np.int32(1).tobytes()
+        assert len(body) <= 2048
+        r = requests.post(
+            f"http://{triton_server.http_url}/v2/models/{SESSION}/infer",
+            data=body,
+            headers={
+                "Inference-Header-Content-Length": str(header_length),
+                SESSION_HEADER: str(session.session_id),
+            },
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        pred = session.predict(**kw)
+        assert pred.masks.shape == (1, *image.shape[:2])
+    backend.close()
+    assert sent and set(sent) == {sent[0]}
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def truncated_jpeg(photos) -> bytes:
+    data = jpeg_bytes(photos["coffee"])
+    return data[: len(data) // 2]
+
+
+def huge_png() -> bytes:
+    """A 10000x10000 (100 MP) PNG: small on the wire, refused from its header."""
+    buffer = io.BytesIO()
+    Image.new("L", (10000, 10000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+BAD_STARTS = {
+    "not an image": (lambda photos: b"%PDF-1.4 not an image", "not an image file"),
+    "truncated jpeg": (truncated_jpeg, "image_bytes"),
+    "100 megapixels": (lambda photos: huge_png(), "100.0 MP"),
+    "empty": (lambda photos: b"", "image_bytes"),
+}
+
+
+@pytest.fixture(scope="module")
+def bystander(triton_server, photos):
+    """A live session of another user: it must answer the same before and after."""
+    client = Sam2Client(triton_server.http_url)
+    image = photos["astronaut"]
+    session = client.session(png_bytes(image))
+    kw = PROMPT_CASES["box"].pixels(image.shape[:2])
+    first = session.predict(**kw)
+    yield lambda: np.array_equal(session.predict(**kw).masks, first.masks)
+    session.close()
+    client.close()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STARTS))
+def test_bad_image_gets_400_and_harms_nobody(triton_server, photos, bystander, case):
+    make, text = BAD_STARTS[case]
+    with Sam2Client(triton_server.http_url) as client:
+        backend = client.triton
+        data = np.frombuffer(make(photos), np.uint8)
+        with pytest.raises(UserError) as info:
+            backend.infer_session(
+                SESSION,
+                {"image_bytes": data},
+                ("image_size",),
+                session_id=4242,
+                start=True,
+                end=True,
+            )
+        assert text in str(info.value)
+        assert client.triton.client.is_server_ready()
+    assert bystander()
+
+
+def test_bad_prompts_get_400_and_harm_nobody(triton_server, photos, bystander):
+    image = photos["chelsea"]
+    h, w = image.shape[:2]
+    with Sam2Client(triton_server.http_url) as client:
+        backend = client.triton
+        with client.session(png_bytes(image)) as session:
+            session.start()
+            sid = session.session_id
+
+            def send(**inputs):
+                inputs = {k: np.asarray(v) for k, v in inputs.items()}
+                return backend.infer_session(SESSION, inputs, ("masks",), session_id=sid)
+
+            cases = {
+                "outside": (dict(point_coords=[[w + 5.0, 10.0]], point_labels=[1]), "outside"),
+                "negative": (dict(point_coords=[[-5.0, 10.0]], point_labels=[1]), "outside"),
+                "labels": (dict(point_coords=[[5.0, 5.0]], point_labels=[1, 0]), "2 point_labels"),
+                "label 7": (dict(point_coords=[[5.0, 5.0]], point_labels=[7]), "labels must be"),
+                "box order": (dict(box=[50.0, 50.0, 10.0, 10.0]), "x0 < x1"),
+                "nan": (dict(point_coords=[[np.nan, 1.0]], point_labels=[1]), "finite"),
+                "no previous": (
+                    dict(point_coords=[[5.0, 5.0]], point_labels=[1], use_previous_mask=[True]),
+                    "no previous mask",
+                ),
+                "too many": (
+                    dict(point_coords=np.ones((65, 2), np.float32), point_labels=np.ones(65)),
+                    "at most",
+                ),
+            }
+            for name, (inputs, text) in cases.items():
+                with pytest.raises(UserError) as info:
+                    send(**inputs)
+                assert text in str(info.value), (name, str(info.value))
+            # A 1x1 image is served like any other (Meta's predictor accepts it too).
+        with client.session(np.full((1, 1, 3), 128, np.uint8)) as tiny:
+            assert tiny.predict(points=[[0.5, 0.5]]).masks.shape == (1, 1, 1)
+        # A prompt for a session that was never started, and a start without an image.
+        with pytest.raises(SessionLost, match="START"):
+            backend.infer_session(
+                SESSION, {"box": np.array([1, 1, 5, 5], np.float32)}, ("masks",), session_id=99
+            )
+        with pytest.raises(UserError, match="must carry the image"):
+            backend.infer_session(SESSION, {}, ("masks",), session_id=98, start=True, end=True)
+    assert bystander()
+
+
+# --- bounds: a small server -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_server(tiny_repository, tmp_path_factory):
+    """A repository of sam2_session alone (one instance, at most 2 sessions) that reads the
+    encoder and decoder of ``tiny_repository`` (absolute model folders in its
+    ``encoder_model``/``decoder_model`` parameters)."""
+    from sam2_triton import model_config as mc
+    from sam2_triton.server import EmbeddedTriton, free_port
+
+    params = mc.RepositoryParams.cpu_defaults("tiny")
+    params = dataclasses.replace(
+        params,
+        session=mc.SessionServing(max_batch_size=2, instance_count=1, max_sessions=2),
+    )
+    config = mc.session_config(params)
+    for role in ("encoder", "decoder"):
+        config.parameters[f"{role}_model"].string_value = str(tiny_repository / f"sam2_{role}")
+    repo = tmp_path_factory.mktemp("small_repository")
+    write_text_atomic(repo / mc.SESSION / "config.pbtxt", mc.to_text(config))
+    (repo / mc.SESSION / "1").mkdir()
+    server = EmbeddedTriton(
+        repository=repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        exit_timeout_s=5,
+    )
+    # Big allocations straight from mmap (glibc's threshold fixed instead of adaptive): freed
+    # memory goes back at once, so the stub's RSS is what it really holds (see the memory
+    # test). ONNX Runtime's arena still keeps its peak, as it does in production.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+        with serving(server, tmp_path_factory.mktemp("small") / "tritonserver.log"):
+            env.undo()
+            yield server
+
+
+def stub_rss_mib(server) -> float:
+    """Resident memory of the server's python stub processes (where the sessions live)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if (
+                b"triton_python_backend_stub" not in cmdline
+                or str(server.repository).encode() not in cmdline
+            ):
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def test_oldest_idle_session_is_evicted_and_the_client_restarts_it(small_server, photos):
+    image = photos["coffee"]
+    kw = PROMPT_CASES["one_point"].pixels(image.shape[:2])
+    with Sam2Client(small_server.http_url) as client:
+        first = client.session(png_bytes(image))
+        answer = first.predict(**kw)
+        others = [client.session(png_bytes(photos[n])) for n in ("astronaut", "chelsea")]
+        for other in others:
+            other.start()  # two more sessions: the cap is 2, the first (least recent) goes
+        with pytest.raises(SessionLost, match="evicted"):
+            client.triton.infer_session(
+                SESSION,
+                {"box": np.array([1, 1, 50, 50], np.float32)},
+                ("masks",),
+                session_id=first.session_id,
+            )
+        again = first.predict(**kw)  # restarted with the image, in a new sequence
+        assert again.restarted and np.array_equal(again.masks, answer.masks)
+        with pytest.raises(SessionLost, match="previous mask is gone"):
+            others[0].predict(**kw, use_previous_mask=True)  # it was evicted meanwhile
+        for s in (first, *others):
+            s.close()
+
+
+def test_server_restart_loses_sessions_and_the_client_starts_them_again(small_server, photos):
+    """After a restart the server holds no session: Triton answers a prompt with its
+    START-flag 400 and the client starts the session again with the image."""
+    image = photos["chelsea"]
+    kw = PROMPT_CASES["box"].pixels(image.shape[:2])
+    with Sam2Client(small_server.http_url, retries=20) as client:
+        session = client.session(png_bytes(image))
+        before = session.predict(**kw)
+        small_server.stop()
+        with open(small_server.log_path, "a") as log:
+            small_server.start(stdout=log, stderr=subprocess.STDOUT)
+        small_server.wait_ready(timeout=120)
+        after = session.predict(**kw)
+        assert after.restarted and np.array_equal(after.masks, before.masks)
+        session.close()
+
+
+def test_memory_stays_bounded_with_many_sessions(small_server, photos):
+    """Open four times the cap (2) without closing any: from twice the cap on, the stub's
+    memory grows by less than one session's state (a leak would add 16 MiB per session)."""
+    from sam2_triton.sessions.image import ImageSession
+
+    image = photos["chelsea"]
+    with Sam2Client(small_server.http_url) as client:
+        rss = []
+        for _ in range(8):
+            client.session(png_bytes(image)).start()
+            rss.append(stub_rss_mib(small_server))
+        assert client.triton.client.is_server_ready()
+    growth = max(rss[4:]) - rss[3]
+    assert rss[3] > 0 and growth < ImageSession.nbytes() / 2**20, rss
