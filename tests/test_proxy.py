@@ -257,8 +257,8 @@ def post_raw(port: int, path: str, body: bytes, headers: dict | None = None):
 
 
 def test_nested_json_kills_triton_unless_bounded(tmp_path):
-    """A JSON part at the proxy's limit (16384 levels) is answered and the server lives; 230
-    bytes of gzip that inflate to a million levels kill it. A server of its own, with a
+    """A JSON part at the proxy's limit (16384 levels) is answered and the server lives; 1 KB
+    of gzip that inflates to a million levels kills it. A server of its own, with a
     python-backend model (Triton inflates request bodies for inference only)."""
     model = tmp_path / "repository" / "identity"
     (model / "1").mkdir(parents=True)
@@ -498,6 +498,36 @@ def test_standalone_proxy_serves_grpc(standalone_proxy):
             client.get_system_shared_memory_status(headers=auth)
     finally:
         client.close()
+
+
+def test_standalone_proxy_limits_the_request_rate(standalone_proxy):
+    """20 requests/s per address beyond a burst of 40, counted before authentication: of 200
+    requests sent one after another (nginx answers each at once with 401), most get 429. The
+    last of the sam2.conf tests, which share the proxy and so its rate-limit state."""
+    with requests.Session() as session:
+        statuses = [
+            session.get(
+                f"{standalone_proxy.url}/v2/models/sam2_decoder/ready",
+                verify=str(standalone_proxy.cert),
+                timeout=10,
+            ).status_code
+            for _ in range(200)
+        ]
+    assert set(statuses) == {401, 429}, statuses
+    assert statuses.count(429) >= 50, statuses
+
+
+def test_security_md_shows_the_shipped_files():
+    """Every nginx block in SECURITY.md is one of deploy/nginx's files, exactly, and together
+    they are all that sam2.conf needs."""
+    blocks = re.findall(r"```nginx\n(.*?)```", SECURITY.read_text(), re.DOTALL)
+    shown = {}
+    for text in blocks:
+        name = re.match(r"# deploy/nginx/(\S+):", text).group(1)
+        assert text == (NGINX_DIR / name).read_text(), f"SECURITY.md's {name} differs from the file"
+        shown[name] = text
+    included = re.findall(r"include sam2/(\S+);", (NGINX_DIR / "sam2.conf").read_text())
+    assert set(shown) == {"sam2.conf", *included}
 
 
 # --------------------------------------------------------------------------------------------
