@@ -12,8 +12,9 @@
 
 Debian 12 ships nginx 1.22, older than the Kubernetes proxy needs (run-time DNS resolution of
 upstream servers, `http2 on`: 1.27.3 and 1.25.1). The test replaces exactly those lines with
-their 1.22 form (a fixed list of loopback servers, `listen ... http2`) and runs the rest of the
-file as shipped. `bash scripts/ci_system_deps.sh` installs nginx and openssl.
+their 1.22 form (a fixed list of loopback servers, `listen ... http2`) and runs the rest as
+shipped, its main file (nginx-kubernetes.conf) included, with /tmp moved into the test's
+folder. `bash scripts/ci_system_deps.sh` installs nginx and openssl.
 """
 
 from __future__ import annotations
@@ -78,14 +79,16 @@ def swap(text: str, pattern: str, replacement: str) -> str:
     return new
 
 
+def worker_user() -> str:
+    """Workers of a root master run as `nobody` unless told otherwise, and could not read the
+    test's private temporary folder."""
+    return "user root;\n" if os.geteuid() == 0 else ""
+
+
 def main_conf(workdir: Path, includes: list[str]) -> str:
     """A main nginx.conf that keeps everything in ``workdir`` and includes ``includes``."""
-    # Workers of a root master run as `nobody` unless told otherwise, and could not read the
-    # test's private temporary folder.
-    user = "user root;" if os.geteuid() == 0 else ""
     include_lines = "\n".join(f"    include {name};" for name in includes)
-    return f"""{user}
-worker_processes 1;
+    return f"""{worker_user()}worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log info;
 events {{ worker_connections 256; }}
@@ -595,10 +598,9 @@ def test_kubernetes_proxy_keeps_each_session_on_one_replica(
     (workdir / "sam2" / "sam2-kubernetes.conf").write_text(
         kubernetes_proxy_conf(replicas, http_port, grpc_port)
     )
-    main_includes = re.findall(
-        r"^\s*include (\S+);", (NGINX_DIR / "nginx-kubernetes.conf").read_text(), re.MULTILINE
-    )
-    (workdir / "nginx.conf").write_text(main_conf(workdir, main_includes))
+    # The proxy's own main file, writing into the test's folder instead of /tmp.
+    main = (NGINX_DIR / "nginx-kubernetes.conf").read_text().replace("/tmp/", f"{workdir}/")
+    (workdir / "nginx.conf").write_text(worker_user() + main)
     body, json_size = decoder_body()
     expected = masks_of(
         requests.post(
@@ -630,6 +632,10 @@ def test_kubernetes_proxy_keeps_each_session_on_one_replica(
             placement[key] = grew.index(REQUESTS_PER_SESSION)
             before = after
         assert set(placement.values()) == {0, 1}, f"all sessions on one replica: {placement}"
+        # The proxy's access log says the same (nginx-kubernetes.conf's log format).
+        log = (workdir / "nginx.out").read_text()
+        for key, replica in placement.items():
+            assert f"session={key} upstream={replicas[replica].http_url}" in log, key
 
         # A replica goes away: its sessions go to the other one (where, with sam2_session,
         # the client is told the session is not there and starts it again with the image).
