@@ -162,9 +162,9 @@ def point_static_root(workdir: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def decoder_inputs(seed: int = 0) -> list[httpclient.InferInput]:
-    """A binary ``sam2_decoder`` request: seeded features and one click (tritonclient's wire
-    format, as the Python client sends it)."""
+def decoder_inputs(seed: int = 0, module=httpclient) -> list:
+    """A binary ``sam2_decoder`` request: seeded features and one click, as ``module``
+    (``tritonclient.http`` or ``tritonclient.grpc``) puts it on the wire."""
     rng = np.random.default_rng(seed)
     feed = {
         "image_embeddings": rng.standard_normal((1, 256, 64, 64), np.float32),
@@ -177,8 +177,8 @@ def decoder_inputs(seed: int = 0) -> list[httpclient.InferInput]:
     }
     inputs = []
     for name, value in feed.items():
-        item = httpclient.InferInput(name, list(value.shape), "FP32")
-        item.set_data_from_numpy(value, binary_data=True)
+        item = module.InferInput(name, list(value.shape), "FP32")
+        item.set_data_from_numpy(value)
         inputs.append(item)
     return inputs
 
@@ -545,16 +545,19 @@ SESSION_MODEL = "sam2_decoder"
 REQUESTS_PER_SESSION = 2
 
 
-def run_session(proxy_url: str, key: int, expected: np.ndarray) -> None:
-    """One session through the proxy: its requests, each carrying the session's key."""
-    body, json_size = decoder_body()
-    headers = {"Inference-Header-Content-Length": str(json_size), SESSION_HEADER: str(key)}
-    for _ in range(REQUESTS_PER_SESSION):
-        response = requests.post(
-            f"{proxy_url}/v2/models/{SESSION_MODEL}/infer", data=body, headers=headers, timeout=120
-        )
-        assert response.status_code == 200, response.text[:300]
-        np.testing.assert_array_equal(masks_of(response), expected)
+def run_session(proxy_url: str, protocol: str, key: int, expected: np.ndarray) -> None:
+    """One session through the proxy (``proxy_url``: host:port of its ``protocol``): its
+    requests, each carrying the session's key as tritonclient sends headers (HTTP) and
+    metadata (gRPC, lower case)."""
+    module = httpclient if protocol == "http" else grpcclient
+    headers = {SESSION_HEADER.lower() if protocol == "grpc" else SESSION_HEADER: str(key)}
+    client = module.InferenceServerClient(proxy_url)
+    try:
+        for _ in range(REQUESTS_PER_SESSION):
+            result = client.infer(SESSION_MODEL, decoder_inputs(0, module), headers=headers)
+            np.testing.assert_array_equal(result.as_numpy("masks"), expected)
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -611,31 +614,41 @@ def test_kubernetes_proxy_keeps_each_session_on_one_replica(
         )
     )
     with running_nginx(workdir, [http_port, grpc_port]):
-        proxy_url = f"http://127.0.0.1:{http_port}"
+        proxy = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
         # The same bounds as sam2.conf's, here too.
-        refused = requests.post(f"{proxy_url}/v2/models/sam2_decoder/infer", data=b"[" * 300_000)
+        refused = requests.post(
+            f"http://{proxy['http']}/v2/models/sam2_decoder/infer", data=b"[" * 300_000
+        )
         assert refused.status_code == 413
+
+        total = sum(success_count(r, SESSION_MODEL) for r in replicas)
+        counts = settled_counts(replicas, SESSION_MODEL, total)
+
+        def replica_of_session(protocol: str, key: int) -> int:
+            """Run a session; the one replica whose statistics counted all its requests."""
+            nonlocal total, counts
+            run_session(proxy[protocol], protocol, key, expected)
+            total += REQUESTS_PER_SESSION
+            before, counts = counts, settled_counts(replicas, SESSION_MODEL, total)
+            grew = [after - earlier for earlier, after in zip(before, counts)]
+            assert sorted(grew) == [0, REQUESTS_PER_SESSION], f"session {key} split: {grew}"
+            return grew.index(REQUESTS_PER_SESSION)
 
         # Sessions until both replicas hold some (each gets about half of the sessions: 20
         # sessions all on one replica would happen about once in a million runs).
         placement: dict[int, int] = {}
-        total = sum(success_count(r, SESSION_MODEL) for r in replicas)
-        before = settled_counts(replicas, SESSION_MODEL, total)
         rng = np.random.default_rng()
         while len(set(placement.values())) < 2 and len(placement) < 20:
             key = int(rng.integers(1, 2**63))
-            run_session(proxy_url, key, expected)
-            total += REQUESTS_PER_SESSION
-            after = settled_counts(replicas, SESSION_MODEL, total)
-            grew = [b - a for a, b in zip(before, after)]
-            assert sorted(grew) == [0, REQUESTS_PER_SESSION], f"session {key} split: {grew}"
-            placement[key] = grew.index(REQUESTS_PER_SESSION)
-            before = after
+            placement[key] = replica_of_session("http", key)
         assert set(placement.values()) == {0, 1}, f"all sessions on one replica: {placement}"
         # The proxy's access log says the same (nginx-kubernetes.conf's log format).
         log = (workdir / "nginx.out").read_text()
         for key, replica in placement.items():
             assert f"session={key} upstream={replicas[replica].http_url}" in log, key
+        # gRPC sessions stick too (their metadata is an HTTP/2 header to nginx).
+        for key in (7, 8):
+            replica_of_session("grpc", key)
 
         # A replica goes away: its sessions go to the other one (where, with sam2_session,
         # the client is told the session is not there and starts it again with the image).
@@ -643,6 +656,8 @@ def test_kubernetes_proxy_keeps_each_session_on_one_replica(
         moved = [key for key, replica in placement.items() if replica == 1]
         before_first = success_count(triton_server, SESSION_MODEL)
         for key in moved:
-            run_session(proxy_url, key, expected)
-        served = settled_counts([triton_server], SESSION_MODEL, before_first + 2 * len(moved))
+            run_session(proxy["http"], "http", key, expected)
+        served = settled_counts(
+            [triton_server], SESSION_MODEL, before_first + REQUESTS_PER_SESSION * len(moved)
+        )
         assert served[0] - before_first == REQUESTS_PER_SESSION * len(moved)
