@@ -3,6 +3,9 @@
 #   docker-compose  tests/test_packaging.py renders docker-compose.yml with a real Compose
 #                   implementation (`docker-compose config`; no Docker engine is needed)
 #   curl            the same client the compose healthcheck uses
+#   nginx, openssl  tests/test_proxy.py runs deploy/nginx's proxy for real, with a TLS
+#                   certificate it makes; it starts its own nginx processes on loopback
+#                   ports and does not use the system service
 # Idempotent and quiet: installs only what is missing, does nothing when everything is there.
 #   bash scripts/ci_system_deps.sh
 set -euo pipefail
@@ -14,6 +17,8 @@ have_compose() {
 missing=()
 have_compose || missing+=(docker-compose)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
