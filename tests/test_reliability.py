@@ -270,7 +270,9 @@ def test_broken_model_file_leaves_other_models_serving(tiny_repository, tmp_path
     )
     with serving(server, log_path, allow_unavailable=True):
         unavailable = server.unavailable_models()
-        assert list(unavailable) == ["sam2_decoder"]
+        # sam2_session runs the decoder's graph too: it is unavailable with it, and says why.
+        assert sorted(unavailable) == ["sam2_decoder", "sam2_session"]
+        assert "sam2_decoder/1/model.onnx" in unavailable["sam2_session"]
         detail = "INVALID_PROTOBUF" if damage == "corrupt" else "file not found"
         assert "sam2_decoder: cannot load" in unavailable["sam2_decoder"]
         assert detail in unavailable["sam2_decoder"]
@@ -354,6 +356,12 @@ def test_every_model_config_bounds_its_queue_and_points():
 
     for path, config in repository_configs().items():
         if config.platform == "ensemble":
+            continue
+        if config.HasField("sequence_batching"):
+            # Triton's sequence batcher has no queue policy: it bounds the open sessions it
+            # schedules per instance (more wait in a backlog); the proxy bounds request rates.
+            assert 0 < config.sequence_batching.oldest.max_candidate_sequences <= 4096, path
+            assert config.parameters["max_points"].string_value == str(MAX_POINTS), path
             continue
         policy = config.dynamic_batching.default_queue_policy
         assert 0 < policy.max_queue_size <= 1024, path

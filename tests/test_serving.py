@@ -71,7 +71,7 @@ def features(local, image) -> dict:
     return dict(zip(ENCODER_OUTPUTS, local["encoder"].run(None, {"image": image})))
 
 
-SERVED = ("sam2_encoder", "sam2_decoder", "sam2_decoder_prompts", "sam2")
+SERVED = ("sam2_encoder", "sam2_decoder", "sam2_decoder_prompts", "sam2", "sam2_session")
 
 
 def prompts(n_points: int = 3, batch: int = 1) -> dict:
