@@ -21,6 +21,7 @@ import yaml
 from conftest import ROOT
 
 from sam2_triton import model_config
+from sam2_triton.model_config import SESSION_HEADER  # the clients' affinity header
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
 NGINX_DIR = ROOT / "deploy" / "nginx"
@@ -30,8 +31,6 @@ KUSTOMIZATIONS = ("base", *(f"overlays/{o}" for o in OVERLAYS), "model-loader")
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 #: Custom resources kubernetes-validate has no schema for: (apiVersion, kind).
 CUSTOM_KINDS = {("serving.kserve.io/v1beta1", "InferenceService")}
-#: The sessions contract: the header that carries a session's key.
-SESSION_HEADER = "X-Sam2-Session"
 NAMESPACE = "sam2"
 TRITON_LABELS = {"app.kubernetes.io/name": "sam2-triton"}
 KSERVE_LABELS = {"serving.kserve.io/inferenceservice": "sam2"}

@@ -40,14 +40,15 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import ROOT, serving
+from test_sessions import assert_same
 from tritonclient.utils import InferenceServerException
 
+from sam2_triton.client import Sam2Client, Sam2Session
+from sam2_triton.model_config import SESSION, SESSION_HEADER
 from sam2_triton.server import EmbeddedTriton, free_port
 
 NGINX_DIR = ROOT / "deploy" / "nginx"
 SECURITY = ROOT / "SECURITY.md"
-#: The session affinity key every client sends (the sessions contract).
-SESSION_HEADER = "X-Sam2-Session"
 #: sam2-bounds.conf's bound on the JSON part of a request.
 JSON_LIMIT = 16384
 USER, PASSWORD = "sam2-test", "not-a-secret"
@@ -538,26 +539,39 @@ def test_security_md_shows_the_shipped_files():
 # --------------------------------------------------------------------------------------------
 
 
-#: The model whose statistics count a session's requests. Once sam2_session is served, this
-#: becomes "sam2_session" and run_session() starts a real session (image, then prompts,
-#: answers compared with the predictor's); the routing checks stay as they are.
-SESSION_MODEL = "sam2_decoder"
+#: A session of the routing test: the image with a click, then a second click.
 REQUESTS_PER_SESSION = 2
+ROUTING_PROMPTS = ("one_point", "points_with_negative")
 
 
-def run_session(proxy_url: str, protocol: str, key: int, expected: np.ndarray) -> None:
-    """One session through the proxy (``proxy_url``: host:port of its ``protocol``): its
-    requests, each carrying the session's key as tritonclient sends headers (HTTP) and
-    metadata (gRPC, lower case)."""
-    module = httpclient if protocol == "http" else grpcclient
-    headers = {SESSION_HEADER.lower() if protocol == "grpc" else SESSION_HEADER: str(key)}
-    client = module.InferenceServerClient(proxy_url)
-    try:
-        for _ in range(REQUESTS_PER_SESSION):
-            result = client.infer(SESSION_MODEL, decoder_inputs(0, module), headers=headers)
-            np.testing.assert_array_equal(result.as_numpy("masks"), expected)
-    finally:
-        client.close()
+@pytest.fixture(scope="module")
+def routing_photo(photos, predictor):
+    """The photo the routing test's sessions segment, as PNG bytes, and Meta's predictor's
+    answers for :data:`ROUTING_PROMPTS` on it (what every session must get back)."""
+    import io
+
+    from PIL import Image
+    from test_client_pipeline import PROMPT_CASES, predictor_states
+
+    image = photos["chelsea"]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    prompts = [PROMPT_CASES[name].pixels(image.shape[:2]) for name in ROUTING_PROMPTS]
+    states = predictor_states(predictor)
+    refs = [states.predict("chelsea", image, False, None, **kw) for kw in prompts]
+    return buffer.getvalue(), list(zip(prompts, refs))
+
+
+def run_session(client: Sam2Client, key: int, photo) -> Sam2Session:
+    """One session ``key`` through the proxy: the image with a click, then a second click,
+    each request carrying the key in the affinity header (HTTP) or metadata (gRPC); answers
+    equal to Meta's predictor's. Returns the session, still open on its replica."""
+    data, expected = photo
+    session = Sam2Session(client.triton, data, session_id=key)
+    for kw, ref in expected:
+        pred = session.predict(**kw, outputs=("masks", "iou_predictions", "low_res_masks"))
+        assert_same(pred.masks, pred.iou_predictions, pred.low_res_logits, ref)
+    return session
 
 
 @pytest.fixture
@@ -592,9 +606,12 @@ def kubernetes_proxy_conf(replicas: list[EmbeddedTriton], http_port: int, grpc_p
 
 
 def test_kubernetes_proxy_keeps_each_session_on_one_replica(
-    triton_server, second_triton, tmp_path_factory
+    triton_server, second_triton, tmp_path_factory, routing_photo
 ):
     replicas = [triton_server, second_triton]
+    # The proxy hashes on the very header the clients send.
+    variable = "$http_" + SESSION_HEADER.lower().replace("-", "_")
+    assert f"hash {variable} consistent;" in (NGINX_DIR / "sam2-kubernetes.conf").read_text()
     workdir = tmp_path_factory.mktemp("nginx-kubernetes")
     install_shared_files(workdir)
     http_port, grpc_port = free_port(), free_port()
@@ -604,32 +621,25 @@ def test_kubernetes_proxy_keeps_each_session_on_one_replica(
     # The proxy's own main file, writing into the test's folder instead of /tmp.
     main = (NGINX_DIR / "nginx-kubernetes.conf").read_text().replace("/tmp/", f"{workdir}/")
     (workdir / "nginx.conf").write_text(worker_user() + main)
-    body, json_size = decoder_body()
-    expected = masks_of(
-        requests.post(
-            f"http://{triton_server.http_url}/v2/models/{SESSION_MODEL}/infer",
-            data=body,
-            headers={"Inference-Header-Content-Length": str(json_size)},
-            timeout=120,
-        )
-    )
-    with running_nginx(workdir, [http_port, grpc_port]):
+    with running_nginx(workdir, [http_port, grpc_port]), contextlib.ExitStack() as stack:
         proxy = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
+        clients = {p: stack.enter_context(Sam2Client(proxy[p], p)) for p in proxy}
         # The same bounds as sam2.conf's, here too.
         refused = requests.post(
-            f"http://{proxy['http']}/v2/models/sam2_decoder/infer", data=b"[" * 300_000
+            f"http://{proxy['http']}/v2/models/{SESSION}/infer", data=b"[" * 300_000
         )
         assert refused.status_code == 413
 
-        total = sum(success_count(r, SESSION_MODEL) for r in replicas)
-        counts = settled_counts(replicas, SESSION_MODEL, total)
+        total = sum(success_count(r, SESSION) for r in replicas)
+        counts = settled_counts(replicas, SESSION, total)
+        sessions: dict[int, Sam2Session] = {}
 
         def replica_of_session(protocol: str, key: int) -> int:
             """Run a session; the one replica whose statistics counted all its requests."""
             nonlocal total, counts
-            run_session(proxy[protocol], protocol, key, expected)
+            sessions[key] = run_session(clients[protocol], key, routing_photo)
             total += REQUESTS_PER_SESSION
-            before, counts = counts, settled_counts(replicas, SESSION_MODEL, total)
+            before, counts = counts, settled_counts(replicas, SESSION, total)
             grew = [after - earlier for earlier, after in zip(before, counts)]
             assert sorted(grew) == [0, REQUESTS_PER_SESSION], f"session {key} split: {grew}"
             return grew.index(REQUESTS_PER_SESSION)
@@ -639,7 +649,7 @@ def test_kubernetes_proxy_keeps_each_session_on_one_replica(
         placement: dict[int, int] = {}
         rng = np.random.default_rng()
         while len(set(placement.values())) < 2 and len(placement) < 20:
-            key = int(rng.integers(1, 2**63))
+            key = int(rng.integers(1, 2**53))
             placement[key] = replica_of_session("http", key)
         assert set(placement.values()) == {0, 1}, f"all sessions on one replica: {placement}"
         # The proxy's access log says the same (nginx-kubernetes.conf's log format).
@@ -650,14 +660,16 @@ def test_kubernetes_proxy_keeps_each_session_on_one_replica(
         for key in (7, 8):
             replica_of_session("grpc", key)
 
-        # A replica goes away: its sessions go to the other one (where, with sam2_session,
-        # the client is told the session is not there and starts it again with the image).
+        # A replica goes away with its sessions: their next prompt reaches the other replica,
+        # which has no image for them (400); the client starts each again there with the
+        # image, in a new sequence, and the answer is the same.
         second_triton.stop()
         moved = [key for key, replica in placement.items() if replica == 1]
-        before_first = success_count(triton_server, SESSION_MODEL)
+        before_first = success_count(triton_server, SESSION)
+        kw, ref = routing_photo[1][0]
         for key in moved:
-            run_session(proxy["http"], "http", key, expected)
-        served = settled_counts(
-            [triton_server], SESSION_MODEL, before_first + REQUESTS_PER_SESSION * len(moved)
-        )
-        assert served[0] - before_first == REQUESTS_PER_SESSION * len(moved)
+            pred = sessions[key].predict(**kw)
+            assert pred.restarted and sessions[key].session_id != key
+            assert_same(pred.masks, pred.iou_predictions, None, ref)
+        served = settled_counts([triton_server], SESSION, before_first + len(moved))
+        assert served[0] - before_first == len(moved)
