@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python (Debian/Ubuntu):
+#   git             a clone's state is checked (e.g. docs/curl.md leaves no files behind)
+#   pythonX.Y-venv, libpythonX.Y
+#                   Debian ships python3 without its venv module (install_dev.sh makes a
+#                   venv) and without the shared libpython that the embedded Triton's
+#                   python backend stub loads
 #   docker-compose  tests/test_packaging.py renders docker-compose.yml with a real Compose
 #                   implementation (`docker-compose config`; no Docker engine is needed)
 #   curl            the same client the compose healthcheck uses
@@ -7,6 +12,7 @@
 #                   certificate it makes; it starts its own nginx processes on loopback
 #                   ports and does not use the system service
 # Idempotent and quiet: installs only what is missing, does nothing when everything is there.
+# scripts/install_dev.sh runs it first.
 #   bash scripts/ci_system_deps.sh
 set -euo pipefail
 
@@ -15,6 +21,18 @@ have_compose() {
 }
 
 missing=()
+command -v git >/dev/null 2>&1 || missing+=(git)
+if py=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); then
+    python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=("python$py-venv")
+    # Found the way the stub finds it: the interpreter's LIBDIR first, then the system's.
+    libdir=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
+    LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" python3 -c \
+        "import ctypes; ctypes.CDLL('libpython$py.so.1.0')" >/dev/null 2>&1 ||
+        missing+=("libpython$py")
+else
+    missing+=(python3 python3-venv libpython3-dev) # the -dev package pulls libpython3.X
+fi
+
 have_compose || missing+=(docker-compose)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)

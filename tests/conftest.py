@@ -49,10 +49,15 @@ def serving(server, log_path: Path, allow_unavailable: bool = False) -> Iterator
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A seeded random-init SAM2.1 tiny in Meta's checkpoint format."""
+    """A seeded random-init SAM2.1 tiny in Meta's checkpoint format, with its SHA-256 in a
+    ``SHA256SUMS`` beside it as the downloader leaves it (so every export checks it)."""
+    from sam2_triton.checksums import file_sha256, record_sha256
     from sam2_triton.testing import save_random_checkpoint
 
-    return save_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt")
+    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt"
+    save_random_checkpoint("tiny", path)
+    record_sha256(path, file_sha256(path))
+    return path
 
 
 @pytest.fixture(scope="session")

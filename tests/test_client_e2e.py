@@ -382,12 +382,19 @@ def test_cli_unreachable_server(photo_files):
 
 CLI_ERRORS = {
     "missing_image": (["--image", "{tmp}/missing.jpg", "--points", "1,1"], "image not found"),
-    "unreadable_image": (["--image", "{tmp}/notes.jpg", "--points", "1,1"], "cannot read image"),
+    "unreadable_image": (
+        ["--image", "{tmp}/notes.jpg", "--points", "1,1"],
+        "cannot read image {tmp}/notes.jpg: not an image file",
+    ),
     "point_outside": (["--points", "452,10"], "point 1 (452, 10) is outside the image"),
+    # A leading "-" must not make argparse read the point as an option.
+    "negative_point": (["--points", "5,5", "-5,10"], "point 2 (-5, 10) is outside the image"),
+    "negative_box": (["--box", "-1.5,2,30,40"], "box (-1.5, 2, 30, 40) is outside the image"),
     "malformed_point": (["--points", "10;20"], "malformed point '10;20'"),
     "malformed_box": (["--box", "1,2,3,x"], "malformed box"),
     "malformed_label": (["--points", "1,1", "--labels", "yes"], "malformed label 'yes'"),
-    "labels_count": (["--points", "1,1", "2,2", "--labels", "1"], "1 labels for 2 points"),
+    "labels_count": (["--points", "1,1", "2,2", "--labels", "1"], "1 label for 2 points"),
+    "labels_count_2": (["--points", "1,1", "--labels", "1", "0"], "2 labels for 1 point:"),
     "no_prompt": ([], "give a prompt"),
     "bad_url": (["--points", "1,1", "--url", "http://{url}"], "HOST:PORT"),
     "bad_mask_input": (["--points", "1,1", "--mask-input", "{tmp}/notes.jpg"], "mask input"),
@@ -405,5 +412,29 @@ def test_cli_user_errors(triton_server, photo_files, tmp_path, case):
     if "--url" not in args:
         args = ["--url", triton_server.http_url, *args]
     proc = run_client(*args, "--output", tmp_path / "mask.png", check=False)
-    assert_one_line_error(proc, message)
+    assert_one_line_error(proc, message.format(tmp=tmp_path))
     assert not (tmp_path / "mask.png").exists()
+
+
+#: --protocol, the server's port it is pointed at, and what the one error line must say.
+WRONG_PORTS = {
+    "http_at_grpc_port": ("http", "grpc", "the answer is not HTTP (is this Triton's gRPC port?"),
+    "http_at_metrics_port": ("http", "metrics", "not Triton's JSON"),
+    "grpc_at_http_port": ("grpc", "http", "is this its gRPC port?"),
+    "grpc_at_metrics_port": ("grpc", "metrics", "is this its gRPC port?"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_PORTS))
+def test_cli_wrong_port(triton_server, photo_files, tmp_path, case):
+    """The right server, the wrong port for the protocol: one line naming the likely cause."""
+    protocol, port, message = WRONG_PORTS[case]
+    url = {
+        "http": triton_server.http_url,
+        "grpc": triton_server.grpc_url,
+        "metrics": triton_server.metrics_url.split("//")[1].split("/")[0],
+    }[port]
+    args = ["--url", url, "--protocol", protocol, "--image", photo_files["chelsea"]]
+    proc = run_client(*args, "--points", "10,10", "--output", tmp_path / "m.png", check=False)
+    assert_one_line_error(proc, url, message)
+    assert not (tmp_path / "m.png").exists()

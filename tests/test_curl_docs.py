@@ -1,8 +1,10 @@
 """Every curl command in docs/curl.md, run exactly as written against the embedded server.
 
-The document's bash blocks run in order as one script (so its variables carry over), in a
-folder holding `photo.jpg` and the repository's `scripts/`. The masks that come back must be
-Meta's predictor's masks for the same image and prompts.
+The document's bash blocks run in order as one script (so its variables carry over) from the
+repository root, as the document says, with ``IMAGE`` and ``OUT`` in a temporary folder. The
+masks that come back must be Meta's predictor's masks for the same image and prompts, and the
+repository must gain no untracked file (every file goes to ``OUT``, whose default git
+ignores).
 """
 
 from __future__ import annotations
@@ -26,11 +28,22 @@ def doc_blocks() -> list[str]:
     return re.findall(r"```bash\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
+def untracked_files() -> list[str]:
+    """Files in the checkout that git neither tracks nor ignores."""
+    proc = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(line[3:] for line in proc.stdout.splitlines() if line.startswith("??"))
+
+
 @pytest.fixture(scope="module")
 def curl_run(triton_server, photos, tmp_path_factory):
     work = tmp_path_factory.mktemp("curl")
     Image.fromarray(photos["chelsea"]).save(work / "photo.jpg", quality=95)
-    (work / "scripts").symlink_to(ROOT / "scripts")
     script = ["set -euo pipefail"]
     for i, block in enumerate(doc_blocks()):
         script += [f"echo '=== block {i}'", block]
@@ -39,18 +52,30 @@ def curl_run(triton_server, photos, tmp_path_factory):
         **os.environ,
         "TRITON": triton_server.http_url,
         "METRICS": metrics_host,
+        "IMAGE": str(work / "photo.jpg"),
+        "OUT": str(work / "out"),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
     }
+    before = untracked_files()
     proc = subprocess.run(
         ["bash", "-c", "\n".join(script)],
-        cwd=work,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, proc.stdout
+    return work / "out", proc.stdout, (before, untracked_files())
+
+
+def test_the_recipes_leave_no_files_in_the_repository(curl_run):
+    _, _, (before, after) = curl_run
+    assert after == before
+    # Without OUT set, the files go to a folder git ignores.
+    default = re.search(r"^OUT=\$\{OUT:-(.+?)\}", "\n".join(doc_blocks()), flags=re.M).group(1)
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{default}/mask.png"], cwd=ROOT)
+    assert ignored.returncode == 0, f"{default}/ is not ignored by git"
 
 
 def test_the_document_has_the_promised_commands():
@@ -69,7 +94,7 @@ def test_the_document_has_the_promised_commands():
 
 
 def test_metadata_commands_print_what_they_promise(curl_run):
-    _, out = curl_run
+    _, out, _ = curl_run
     assert "server live" in out and "server ready" in out and "sam2 ready" in out
     assert '"name":"sam2_decoder"' in out and '"state":"READY"' in out
     assert '"max_batch_size":16' in out  # the config (CPU variant here)
@@ -97,9 +122,9 @@ def reference_mask(predictor, image, **prompt) -> tuple[np.ndarray, np.ndarray]:
     ],
 )
 def test_curl_masks_equal_the_predictor(curl_run, predictor, png, prompt):
-    work, _ = curl_run
-    image = load_image(work / "photo.jpg")
-    got = np.asarray(Image.open(work / png))
+    out, _, _ = curl_run
+    image = load_image(out.parent / "photo.jpg")
+    got = np.asarray(Image.open(out / png))
     assert got.shape == image.shape[:2] and set(np.unique(got)) <= {0, 255}
     want, logits = reference_mask(predictor, image, **prompt)
     confident = np.abs(logits) > 0.05  # random-init logits are small; compare where decided

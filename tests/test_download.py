@@ -2,16 +2,23 @@
 
 The server serves a random-init SAM2.1 tiny (the shared ``tiny_checkpoint``) and can be told
 to drop the connection, stall, ignore ``Range``, answer with an error status or serve other
-bytes, so that every failure path runs for real, through the CLI a user runs.
+bytes, so that every failure path runs for real, through the CLI a user runs. The SHA-256
+checks (``SHA256SUMS``, ``--sha256``) are exercised against the download CLI, the export
+CLI and coreutils' ``sha256sum -c``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import shutil
 import socket
+import struct
+import subprocess
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +29,8 @@ from conftest import run_script
 from sam2_triton.models import MODEL_SIZES
 
 TINY = MODEL_SIZES["tiny"].checkpoint_file
+SUMS = "SHA256SUMS"
+SAVED = sorted([TINY, SUMS])  # what a successful download leaves in --dest
 
 
 @dataclass
@@ -144,12 +153,112 @@ def files_in(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.iterdir()) if dest.exists() else []
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def test_full_download(server, source, tmp_path):
     proc = download(server, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / TINY).read_bytes() == source
-    assert files_in(tmp_path) == [TINY]
+    assert files_in(tmp_path) == SAVED
     assert server.requests == [(TINY, None)]
+    # The digest is recorded in sha256sum's own format: coreutils checks the file with it.
+    assert (tmp_path / SUMS).read_text() == f"{sha256(source)}  {TINY}\n"
+    check = subprocess.run(
+        ["sha256sum", "-c", SUMS], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0 and check.stdout == f"{TINY}: OK\n", check
+
+
+def flip_weight_bit(path: Path) -> None:
+    """Flip one bit in the middle of the checkpoint's largest tensor, in place.
+
+    torch's zip format stores tensors uncompressed and ``torch.load`` does not check the
+    zip's CRCs, so the file still loads, with every name and shape intact.
+    """
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda e: e.file_size)
+    with open(path, "r+b") as f:
+        f.seek(entry.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def test_bit_flip_after_download_is_refused_by_download_and_export(server, source, tmp_path):
+    import torch
+
+    assert download(server, tmp_path).returncode == 0
+    checkpoint = tmp_path / TINY
+    flip_weight_bit(checkpoint)
+    # The loading checks would pass: same tensors, same shapes, one value differs.
+    before = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)["model"]
+    after = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    assert sum(not torch.equal(before[k], after[k]) for k in before) == 1
+
+    line = error_line(download(server, tmp_path))
+    assert f"{checkpoint} changed since it was downloaded" in line, line
+    assert sha256(source) in line and "download it again" in line, line
+    assert server.requests == [(TINY, None)]  # the rerun asked the server nothing
+
+    repo = tmp_path / "repository"
+    export = ("export_onnx.py", "--model", "tiny", "--checkpoint", checkpoint)
+    line = error_line(run_script(*export, "--repository", repo, check=False))
+    assert f"{checkpoint} changed since it was downloaded" in line, line
+    # --sha256 takes the place of the record, and is checked the same way.
+    proc = run_script(*export, "--repository", repo, "--sha256", sha256(source), check=False)
+    line = error_line(proc)
+    assert f"not the expected {sha256(source)} (--sha256)" in line, line
+    assert not repo.exists()
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory) -> bytes:
+    """A tiny checkpoint of the right names and shapes with other weights (seed 1)."""
+    from sam2_triton.testing import save_random_checkpoint
+
+    path = tmp_path_factory.mktemp("other") / TINY
+    return save_random_checkpoint("tiny", path, seed=1).read_bytes()
+
+
+def test_other_weights_of_the_right_shapes_are_refused(server, source, other_weights, tmp_path):
+    """A mirror serving other weights: caught by --sha256, and by the digest recorded at an
+    earlier download (trust on first use) when the file is downloaded again."""
+    server.files[TINY] = other_weights
+    line = error_line(download(server, tmp_path, "--sha256", sha256(source).upper()))
+    assert f"SHA-256 {sha256(other_weights)}, not the expected {sha256(source)}" in line, line
+    assert files_in(tmp_path) == []
+
+    server.files[TINY] = source
+    proc = download(server, tmp_path, "--sha256", sha256(source).upper())
+    assert proc.returncode == 0, proc.stderr
+    assert f"SHA-256 {sha256(source)}" in proc.stdout
+    (tmp_path / TINY).unlink()  # the user deletes it; SHA256SUMS keeps the record
+
+    server.files[TINY] = other_weights
+    line = error_line(download(server, tmp_path))
+    assert "an earlier download of it recorded" in line and sha256(source) in line, line
+    assert files_in(tmp_path) == [SUMS]
+
+
+def test_sha256_option_mistakes(server, source, tmp_path):
+    (tmp_path / TINY).write_bytes(source)
+    line = error_line(download(server, tmp_path, "--sha256", "0" * 64))
+    assert f"has SHA-256 {sha256(source)}, not the expected {'0' * 64}" in line, line
+    assert "delete it to download it again" in line
+    line = error_line(download(server, tmp_path, "--sha256", "abc"))
+    assert "not a SHA-256 digest (64 hex digits): 'abc'" in line, line
+    proc = run_script(
+        *("download_checkpoints.py", "--all", "--sha256", sha256(source), "--dest", tmp_path),
+        check=False,
+    )
+    assert "give it with one --model" in error_line(proc)
+    assert server.requests == []
+    assert files_in(tmp_path) == [TINY]
 
 
 def test_interrupted_download_resumes(server, source, tmp_path):
@@ -169,7 +278,7 @@ def test_interrupted_download_resumes(server, source, tmp_path):
     assert server.requests[-1] == (TINY, f"bytes={kept}-")
     assert "resuming" in proc.stdout
     assert (tmp_path / TINY).read_bytes() == source
-    assert files_in(tmp_path) == [TINY]
+    assert files_in(tmp_path) == SAVED
 
 
 def test_server_ignoring_range_restarts_from_zero(server, source, tmp_path):
@@ -181,7 +290,7 @@ def test_server_ignoring_range_restarts_from_zero(server, source, tmp_path):
     assert server.requests == [(TINY, "bytes=100000-")]
     assert "starting again from zero" in proc.stdout
     assert (tmp_path / TINY).read_bytes() == source
-    assert files_in(tmp_path) == [TINY]
+    assert files_in(tmp_path) == SAVED
 
 
 @pytest.mark.parametrize("extra", [0, 10], ids=["complete", "too-long"])
@@ -193,7 +302,7 @@ def test_partial_past_the_end_416(server, source, tmp_path, extra):
     expected = [(TINY, f"bytes={len(source) + extra}-")] + [(TINY, None)] * (extra > 0)
     assert server.requests == expected
     assert (tmp_path / TINY).read_bytes() == source
-    assert files_in(tmp_path) == [TINY]
+    assert files_in(tmp_path) == SAVED
 
 
 @pytest.mark.parametrize("status", [404, 500])
@@ -268,11 +377,16 @@ def test_wrong_shapes_are_rejected_and_deleted(server, tiny_checkpoint, tmp_path
     assert files_in(dest) == []
 
 
-def test_verified_file_is_not_downloaded_again(server, tiny_checkpoint, tmp_path):
-    shutil.copy(tiny_checkpoint, tmp_path / TINY)
+def test_verified_file_is_not_downloaded_again(server, source, tiny_checkpoint, tmp_path):
+    shutil.copy(tiny_checkpoint, tmp_path / TINY)  # placed by hand: nothing recorded yet
     proc = download(server, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "skipping download" in proc.stdout
+    assert "already exists and verifies, skipping download" in proc.stdout
+    assert (tmp_path / SUMS).read_text() == f"{sha256(source)}  {TINY}\n"
+    # Recorded now: the next run compares digests instead of loading the file again.
+    proc = download(server, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"already exists and matches {SUMS}, skipping download" in proc.stdout
     assert server.requests == []
 
 
@@ -300,7 +414,10 @@ def test_all_from_env_base_url_without_verify(server, tmp_path):
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    assert {name: (tmp_path / name).read_bytes() for name in files_in(tmp_path)} == fakes
+    assert {name: (tmp_path / name).read_bytes() for name in files_in(tmp_path)} == {
+        **fakes,
+        SUMS: "".join(f"{sha256(fakes[n])}  {n}\n" for n in sorted(fakes)).encode(),
+    }
 
 
 def test_unknown_model(tmp_path):

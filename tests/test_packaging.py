@@ -242,11 +242,19 @@ def test_pixi_serve_local_matches_the_environment():
 
 
 @cache
+def ci_commands() -> str:
+    """.ci/run and the commands it runs (README's, which `.ci/run --print` shows)."""
+    printed = subprocess.run(["bash", str(CI_RUN), "--print"], capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    return CI_RUN.read_text() + printed.stdout
+
+
+@cache
 def ci_and_test_sources() -> tuple[str, str]:
     tests = "\n".join(
         p.read_text() for p in sorted((ROOT / "tests").rglob("*.py")) if p.resolve() != THIS
     )
-    return CI_RUN.read_text(), tests
+    return ci_commands(), tests
 
 
 @pytest.mark.parametrize("key,script", SCRIPT_TASKS)
@@ -259,7 +267,7 @@ def test_pixi_task_scripts_run_in_ci(key, script):
 
 def test_pixi_tool_tasks_match_ci():
     """`pixi run lint` / `test` are the commands CI runs."""
-    ci = CI_RUN.read_text()
+    ci = ci_commands()
     tasks = pixi()["tasks"]
     ci_lines = [line.split() for line in ci.splitlines()]
     for argv in commands(tasks["lint"]) + commands(tasks["test"]):

@@ -9,7 +9,11 @@
 * the finished file is checked against ``Content-Length``/``Content-Range``, then loaded and
   compared, tensor by tensor, with the model that the size's config builds; only then is it
   renamed to its final name, so a file under that name is always complete and loadable;
-* a file that does not verify is deleted: resuming it could only repeat the same bytes.
+* a file that does not verify is deleted: resuming it could only repeat the same bytes;
+* its SHA-256 is compared with ``--sha256`` if given, else with what ``SHA256SUMS`` in
+  ``dest_dir`` recorded for an earlier download of it, and then recorded there
+  (:mod:`sam2_triton.checksums`); a file already there is checked against that record, so a
+  byte changed on disk since it was downloaded is refused here and by the export.
 
 Every failure raises :class:`~sam2_triton.models.UserError` with one line naming the URL or
 file and what went wrong.
@@ -28,6 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from sam2_triton.checksums import (
+    SUMS_FILE,
+    check_sha256,
+    file_sha256,
+    parse_sha256,
+    record_sha256,
+    recorded_sha256,
+)
 from sam2_triton.export import check_state_dict, read_checkpoint
 from sam2_triton.models import CHECKPOINT_BASE_URL, ModelSize, UserError
 
@@ -80,39 +92,51 @@ def download_checkpoint(
     base_url: str = CHECKPOINT_BASE_URL,
     *,
     verify: bool = True,
+    sha256: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool | None = None,
 ) -> Path:
     """Download ``size``'s checkpoint into ``dest_dir`` and return its path.
 
-    An existing file under the final name is kept if it verifies (no request is made) and
-    refused with :class:`UserError` if it does not. ``verify=False`` skips loading the file
-    (the byte count is still checked). ``progress=None`` shows a bar only on a terminal.
+    ``sha256``: the digest the file must have; without it, the one ``dest_dir/SHA256SUMS``
+    recorded for an earlier download of this file, if any. The file's digest is recorded
+    there once it is saved. An existing file under the final name is kept (no request is
+    made) if it matches that digest, or, with nothing recorded, if it verifies; otherwise
+    :class:`UserError`. ``verify=False`` skips loading the file (the byte count and the
+    SHA-256 are still checked). ``progress=None`` shows a bar only on a terminal.
     """
     import requests
 
     dest_dir = Path(dest_dir)
     final = dest_dir / size.checkpoint_file
     partial = partial_path(final)
+    expected = parse_sha256(sha256) if sha256 is not None else None
     url, auth = split_credentials(checkpoint_url(size, base_url))
     if urlsplit(url).scheme not in ("http", "https"):
         raise UserError(f"base URL {split_credentials(base_url)[0]!r} is not an http(s) URL")
 
     if final.exists():
-        if not verify:
-            _say(f"{final} already exists, skipping download (not verified)")
-            return final
-        try:
-            verify_checkpoint(final, size)
-        except UserError as e:
-            raise UserError(f"{e} (it already exists: delete it to download it again)") from None
-        _say(f"{final} already exists and verifies, skipping download")
+        _check_existing(final, size, expected, verify)
         return final
 
+    want = expected or recorded_sha256(final)  # read first: a damaged record fails early
     with requests.Session() as session:
         session.auth = auth
         _fetch(session, url, partial, timeout, progress)
 
+    digest = file_sha256(partial)
+    if want is not None and digest != want:
+        partial.unlink(missing_ok=True)
+        if expected is not None:
+            raise UserError(
+                f"download of {url} is corrupt and was deleted: SHA-256 {digest}, not the "
+                f"expected {want} (--sha256)"
+            )
+        raise UserError(
+            f"download of {url} was deleted: SHA-256 {digest}, but an earlier download of "
+            f"it recorded {want} in {dest_dir / SUMS_FILE} (if the remote file really "
+            "changed, delete that line)"
+        )
     if verify:
         try:
             verify_checkpoint(partial, size)
@@ -120,8 +144,33 @@ def download_checkpoint(
             partial.unlink(missing_ok=True)
             raise UserError(f"download of {url} is corrupt and was deleted: {e}") from None
     os.replace(partial, final)
-    _say(f"saved {final} ({final.stat().st_size / 2**20:.1f} MiB)")
+    record_sha256(final, digest)
+    _say(f"saved {final} ({final.stat().st_size / 2**20:.1f} MiB, SHA-256 {digest})")
     return final
+
+
+def _check_existing(final: Path, size: ModelSize, expected: str | None, verify: bool) -> None:
+    """Keep the checkpoint already at ``final`` if it checks out, else :class:`UserError`."""
+    hint = " (it already exists: delete it to download it again)"
+    try:
+        digest = check_sha256(final, expected)
+    except UserError as e:
+        # A changed file's message already says what to do.
+        raise UserError(f"{e}{hint}" if expected is not None else str(e)) from None
+    if digest is not None and expected is None:
+        # Equal bytes verify equally, so the loading check made when the digest was
+        # recorded is not repeated (after --no-verify none was made; the export's own
+        # loading check still is).
+        _say(f"{final} already exists and matches {SUMS_FILE}, skipping download")
+        return
+    if verify:
+        try:
+            verify_checkpoint(final, size)
+        except UserError as e:
+            raise UserError(f"{e}{hint}") from None
+    record_sha256(final, digest or file_sha256(final))
+    how = "verifies" if verify else "was not verified (--no-verify)"
+    _say(f"{final} already exists and {how}, skipping download; SHA-256 recorded in {SUMS_FILE}")
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

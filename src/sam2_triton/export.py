@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sam2_triton.checksums import check_sha256
 from sam2_triton.files import atomic_path
 from sam2_triton.models import (
     EMBED_DIM,
@@ -100,12 +101,17 @@ TENSOR_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 
-def load_sam2(size: ModelSize, checkpoint: str | os.PathLike) -> "SAM2Base":
+def load_sam2(
+    size: ModelSize, checkpoint: str | os.PathLike, sha256: str | None = None
+) -> "SAM2Base":
     """Build SAM2.1 of ``size`` from Meta's config and load ``checkpoint`` into it (eval, CPU).
 
-    The checkpoint is read with ``torch.load(weights_only=True)`` (no pickled code runs) and
-    must hold exactly the parameters of that size's config; otherwise :class:`UserError`.
+    The checkpoint must have the SHA-256 ``sha256`` if given, else the one ``SHA256SUMS``
+    beside it records (the downloader writes it), if any; it is read with
+    ``torch.load(weights_only=True)`` (no pickled code runs) and must hold exactly the
+    parameters of that size's config. Otherwise :class:`UserError`.
     """
+    check_sha256(checkpoint, sha256)  # first: it needs no torch
     import torch
     from sam2.build_sam import build_sam2
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sam2_triton.checksums import parse_sha256
 from sam2_triton.models import MODEL_SIZES, UserError, get_model_size
 
 log = logging.getLogger("sam2_triton.export")
@@ -27,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         help="Meta-format SAM2.1 checkpoint (default: checkpoints/<Meta's file name>)",
+    )
+    p.add_argument(
+        "--sha256",
+        metavar="HEX",
+        help="the SHA-256 the checkpoint must have. Without it, the one SHA256SUMS beside the "
+        "checkpoint records (download_checkpoints.py writes it) is checked, if any",
     )
     p.add_argument(
         "--repository",
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     size = get_model_size(args.model)
+    sha256 = parse_sha256(args.sha256) if args.sha256 is not None else None
     checkpoint = args.checkpoint or Path("checkpoints") / size.checkpoint_file
     if not checkpoint.is_file():
         raise UserError(
@@ -79,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = args.repository
     fuse = args.precision == "fp16" if args.fuse_attention is None else args.fuse_attention
     t0 = time.perf_counter()
-    model = export.load_sam2(size, checkpoint)
+    model = export.load_sam2(size, checkpoint, sha256=sha256)
     log.info("loaded %s from %s in %.1f s", size.name, checkpoint, time.perf_counter() - t0)
     if args.only in (None, "encoder"):
         t = time.perf_counter()

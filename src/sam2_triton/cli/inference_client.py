@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ the image as displayed (EXIF orientation applied), x to the right, y down.
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are UserErrors: one line, no usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes a value that starts with "-" for an option unless it looks like a
+        # negative number, which "-5,10" does not; no option here starts with "-<digit>",
+        # so treat every such word as a value (the point is then refused as outside the
+        # image, with its coordinates, instead of "expected at least one argument").
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str):  # type: ignore[override]
         raise UserError(f"{message} (see --help)")
@@ -212,10 +221,6 @@ def prompt_specs(args: argparse.Namespace) -> list[PromptSpec]:
         raise UserError("give a prompt: --points X,Y [...] and/or --box X0,Y0,X1,Y1 (or --prompts)")
     if args.labels is not None and args.points is None:
         raise UserError("--labels given without --points")
-    if args.points is not None and args.labels is not None and len(args.labels) != len(args.points):
-        raise UserError(
-            f"{len(args.labels)} labels for {len(args.points)} points: give one label per point"
-        )
     mask = load_low_res(args.mask_input) if args.mask_input is not None else None
     return [PromptSpec(args.points, args.labels, args.box, mask, args.multimask)]
 

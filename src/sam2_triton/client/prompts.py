@@ -47,6 +47,10 @@ class Prompt:
         return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _numbers(value: Any, what: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
@@ -96,7 +100,10 @@ def make_prompt(
         else:
             lab = _numbers(labels, "labels").reshape(-1)
             if len(lab) != len(pts):
-                raise UserError(f"{len(lab)} labels for {len(pts)} points: give one per point")
+                raise UserError(
+                    f"{_count(len(lab), 'label')} for {_count(len(pts), 'point')}: "
+                    "give one label per point"
+                )
             bad = [v for v in lab.tolist() if v not in (0, 1)]
             if bad:
                 raise UserError(f"labels must be 1 (foreground) or 0 (background), got {bad[0]:g}")

@@ -306,8 +306,23 @@ class TritonBackend:
         except Exception as e:
             # geventhttpclient's timeouts and protocol errors have no common base class.
             module = type(e).__module__ or ""
-            if module.startswith("gevent") and "Timeout" in type(e).__name__:
+            name = type(e).__name__
+            if module.startswith("gevent") and "Timeout" in name:
                 raise UserError(self._timed_out(action)) from None
+            if name == "HTTPParseError":
+                # Whatever answered does not speak HTTP/1.1: usually Triton's gRPC port.
+                raise _Transient(
+                    f"cannot talk HTTP to {self.url}: the answer is not HTTP (is this Triton's "
+                    "gRPC port? use its HTTP port, usually 8000, or protocol grpc)"
+                ) from None
+            if name == "JSONDecodeError":
+                # An HTTP server that is not Triton's API, e.g. its metrics port, which
+                # answers every path with an empty 200.
+                raise UserError(
+                    f"{self.url} answered the {action} request with something that is not "
+                    f"Triton's JSON ({_message(e)}): is this Triton's HTTP port? (the "
+                    "metrics port, usually 8002, answers every path with an empty page)"
+                ) from None
             if module.startswith(("gevent", "geventhttpclient", "http.client")):
                 raise _Transient(self._unreachable(_message(e))) from None
             raise
