@@ -137,15 +137,21 @@ CLI_RUNS = {
 def test_cli_prompt_sets_and_refinement_equal_predictor(
     triton_server, photos, photo_files, reference, tmp_path, run
 ):
+    """Over HTTP the CLI's default, a session on sam2_session; over gRPC ``--stateless``
+    (sam2_encoder once, prompt sets of equal point count in one sam2_decoder_prompts
+    request). The same files and answers either way."""
     protocol, photo, cases = CLI_RUNS[run]
+    stateless = protocol == "grpc"
     url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
     image = photos[photo]
     hw = image.shape[:2]
     sets = [{**PROMPT_CASES[name].pixels(hw), "multimask": multi} for name, multi in cases]
     (tmp_path / "prompts.json").write_text(json.dumps(sets))
     common = ["--url", url, "--protocol", protocol, "--image", photo_files[photo]]
+    common += ["--stateless"] if stateless else []
     encodes = encoder_count(triton_server)
     prompt_batches = inference_count(triton_server, "sam2_decoder_prompts")
+    session_requests = inference_count(triton_server, "sam2_session")
     proc = run_client(
         *common,
         "--prompts",
@@ -161,9 +167,15 @@ def test_cli_prompt_sets_and_refinement_equal_predictor(
         "--json",
     )
     report = json.loads(proc.stdout)
-    assert encoder_count(triton_server) == encodes + 1  # one encoding for all prompt sets
-    # The two sets of 3 points with the same multimask flag went in one request.
-    assert inference_count(triton_server, "sam2_decoder_prompts") == prompt_batches + 1
+    assert report["mode"] == ("stateless" if stateless else "session")
+    if stateless:
+        assert encoder_count(triton_server) == encodes + 1  # one encoding for all prompt sets
+        # The two sets of 3 points with the same multimask flag went in one request.
+        assert inference_count(triton_server, "sam2_decoder_prompts") == prompt_batches + 1
+    else:
+        # One request per prompt set (the first with the image), and the closing one.
+        assert inference_count(triton_server, "sam2_session") == session_requests + len(sets) + 1
+        assert encoder_count(triton_server) == encodes
     assert (report["height"], report["width"]) == hw
     assert len(report["results"]) == len(sets)
     refs = []
@@ -324,11 +336,13 @@ def test_library_errors_are_user_errors(triton_server):
 
 @pytest.fixture(scope="module")
 def broken_server(tiny_repository, tmp_path_factory):
-    """A real tritonserver whose sam2_encoder cannot load (its ONNX file is garbage)."""
+    """A real tritonserver whose sam2_encoder cannot load (its ONNX file is garbage), nor
+    sam2_session, which runs the same file."""
     from sam2_triton.server import EmbeddedTriton, free_port
 
     repo = tmp_path_factory.mktemp("broken_repository")
     shutil.copytree(tiny_repository / "sam2_decoder", repo / "sam2_decoder")
+    shutil.copytree(tiny_repository / "sam2_session", repo / "sam2_session")
     shutil.copytree(
         tiny_repository / "sam2_encoder",
         repo / "sam2_encoder",
@@ -348,7 +362,10 @@ def broken_server(tiny_repository, tmp_path_factory):
         yield server
 
 
-def test_cli_model_not_ready(broken_server, photo_files):
+@pytest.mark.parametrize(
+    ("flags", "model"), [([], "sam2_session"), (["--stateless"], "sam2_encoder")]
+)
+def test_cli_model_not_ready(broken_server, photo_files, flags, model):
     proc = run_client(
         "--url",
         broken_server.http_url,
@@ -356,9 +373,10 @@ def test_cli_model_not_ready(broken_server, photo_files):
         photo_files["chelsea"],
         "--points",
         "10,10",
+        *flags,
         check=False,
     )
-    assert_one_line_error(proc, "model sam2_encoder is not ready", "UNAVAILABLE")
+    assert_one_line_error(proc, f"model {model} is not ready", "UNAVAILABLE")
 
 
 def test_cli_unreachable_server(photo_files):
@@ -438,3 +456,71 @@ def test_cli_wrong_port(triton_server, photo_files, tmp_path, case):
     proc = run_client(*args, "--points", "10,10", "--output", tmp_path / "m.png", check=False)
     assert_one_line_error(proc, url, message)
     assert not (tmp_path / "m.png").exists()
+
+
+# --- one client, many threads; a server restart under shared memory ---------------------------
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_one_client_shared_by_eight_threads(triton_server, photos, protocol):
+    """Eight threads share one client (sessions and the stateless path); every answer equals
+    the single-threaded one, and the client still works in its own thread afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = photos["chelsea"]
+    hw = image.shape[:2]
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    prompts = [
+        {"points": [[hw[1] * (0.1 + 0.1 * i), hw[0] * 0.5]], "labels": [1]} for i in range(8)
+    ]
+    with Sam2Client(url, protocol) as client:
+        embedding = client.encode_image(image)
+        alone = [client.decode(embedding, **p).masks for p in prompts]
+
+        def work(i: int):
+            stateless = client.decode(embedding, **prompts[i]).masks
+            with client.session(image) as session:
+                in_session = session.predict(**prompts[i]).masks
+            return stateless, in_session
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))
+        for expected, (stateless, in_session) in zip(alone, results):
+            assert np.array_equal(stateless, expected)
+            assert np.array_equal(in_session, expected)
+        assert np.array_equal(client.decode(embedding, **prompts[0]).masks, alone[0])
+
+
+@pytest.fixture
+def restartable_server(tiny_repository, tmp_path):
+    from sam2_triton.server import EmbeddedTriton, free_port
+
+    server = EmbeddedTriton(
+        repository=tiny_repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        config_name="cpu",
+        exit_timeout_s=2,
+    )
+    with serving(server, tmp_path / "tritonserver.log"):
+        yield server
+
+
+def test_shared_memory_client_survives_a_server_restart(restartable_server, photos):
+    """The server forgets registered regions when it restarts; the client registers its
+    regions again (their contents are its own) and the same embedding decodes the same."""
+    image = photos["coffee"]
+    prompt = PROMPT_CASES["box"].pixels(image.shape[:2])
+    server = restartable_server
+    with Sam2Client(server.grpc_url, "grpc", shared_memory=True, retries=20) as client:
+        embedding = client.encode_image(image)
+        before = client.decode(embedding, **prompt)
+        server.stop()
+        with open(server.log_path, "a") as log:
+            server.start(stdout=log, stderr=subprocess.STDOUT)
+        server.wait_ready(timeout=120)
+        after = client.decode(embedding, **prompt)
+        assert np.array_equal(after.masks, before.masks)
+        fresh = client.encode_image(photos["chelsea"])  # a new encode works too
+        assert client.decode(fresh, points=[[10, 10]]).masks.shape[1:] == (300, 451)

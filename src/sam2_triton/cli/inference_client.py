@@ -1,8 +1,11 @@
 """``inference_client``: masks for an image from a running sam2-triton server.
 
-A thin layer over :class:`sam2_triton.client.Sam2Client`: parse flags, load the image, check
-every prompt against it, encode the image once, decode each prompt set, write PNGs.
-Every mistake a user can fix is one ``error:`` line on stderr and exit code 2.
+A thin layer over :class:`sam2_triton.client.Sam2Client`: parse flags, check every prompt
+against the image, then by default open a session on ``sam2_session`` (the image file travels
+once, with the first prompt set; the others carry only their prompts) or, with
+``--stateless``, encode the image with ``sam2_encoder`` and decode the prompt sets with
+``sam2_decoder(_prompts)``; write PNGs. Every mistake a user can fix is one ``error:`` line
+on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sam2_triton.model_config import SESSION
 from sam2_triton.models import UserError
 
 EPILOG = """\
@@ -102,10 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--protocol", choices=("http", "grpc"), default="http")
     server.add_argument(
+        "--stateless",
+        action="store_true",
+        help="encode with sam2_encoder and decode with sam2_decoder(_prompts), the features "
+        "sent back and forth, instead of a session on sam2_session (the default: the server "
+        "keeps the image and only prompts travel)",
+    )
+    server.add_argument(
         "--shared-memory",
         action="store_true",
-        help="pass the image and embeddings through system shared memory (client and server "
-        "on one host)",
+        help="with --stateless (implied): pass the image and embeddings through system shared "
+        "memory (client and server on one host)",
     )
     server.add_argument(
         "--wait",
@@ -230,15 +241,23 @@ def _ms(seconds: float) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sam2_triton.client import Sam2Client, load_image, make_prompt
-    from sam2_triton.client import outputs as out
+    from sam2_triton.client import Sam2Client, make_prompt
+    from sam2_triton.client.session import image_file_bytes
 
     args = build_parser().parse_args(argv)
+    if args.shared_memory:
+        args.stateless = True  # sessions already keep the features on the server
     t0 = time.perf_counter()
-    image = load_image(args.image)
-    t_load = time.perf_counter() - t0
-    hw = image.shape[:2]
     specs = prompt_specs(args)
+    if args.stateless:
+        from sam2_triton.client import load_image
+
+        image = load_image(args.image)
+        data, hw = None, image.shape[:2]
+    else:
+        image = None  # decoded by the server; here only if an overlay is asked for
+        data, hw = image_file_bytes(args.image)
+    t_load = time.perf_counter() - t0
 
     def validate(max_points: int | None = None) -> list:
         kw = {} if max_points is None else {"max_points": max_points}
@@ -251,74 +270,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return prompts
 
     validate()  # before contacting the server: a typo costs no round trip
-    several = len(specs) > 1
-    results = []
     with Sam2Client(
         args.url, args.protocol, shared_memory=args.shared_memory, timeout_s=args.timeout
     ) as client:
+        models = None if args.stateless else (SESSION,)
         if args.wait > 0:
-            client.wait_until_ready(args.wait)
+            client.wait_until_ready(args.wait, models=models)
         else:
-            client.check_ready()
+            client.check_ready(models=models)
         prompts = validate(client.max_points)
-        embedding = client.encode_image(image)
-        # Prompt sets of equal point count go together (sam2_decoder_prompts): the image's
-        # features travel once per request, not once per prompt set.
-        predictions: list = [None] * len(specs)
-        for multimask in (False, True):
-            chosen = [i for i, s in enumerate(specs) if s.multimask == multimask]
-            batch = client.decode_batch(embedding, [prompts[i] for i in chosen], multimask)
-            for i, pred in zip(chosen, batch):
-                predictions[i] = pred
-        for i, (spec, prompt, pred) in enumerate(zip(specs, prompts, predictions)):
-            index = i if several else None
-            best = pred.best_index
-            written: dict[str, Any] = {}
-            if args.output is not None:
-                path = out.indexed_path(args.output, index)
-                written["mask"] = str(out.save_mask_png(path, pred.masks[best]))
-            if args.output_all is not None:
-                prefix = f"prompt_{i}_mask" if several else "mask"
-                names = out.mask_file_names(len(pred.masks), prefix)
-                written["all"] = [
-                    str(out.save_mask_png(args.output_all / name, m))
-                    for name, m in zip(names, pred.masks)
-                ]
-            if args.visualize is not None:
-                path = out.indexed_path(args.visualize, index)
-                written["visualize"] = str(
-                    out.save_overlay(
-                        path, image, pred.masks[best], prompt.points, prompt.labels, prompt.box
-                    )
-                )
-            if args.save_low_res is not None:
-                path = out.indexed_path(args.save_low_res, index)
-                written["low_res"] = str(out.save_low_res(path, pred.low_res_logits[best]))
-            results.append(
-                {
-                    "prompt": prompt.to_json(),
-                    "multimask": spec.multimask,
-                    "iou_predictions": [round(float(v), 6) for v in pred.iou_predictions],
-                    "best": best,
-                    "mask_areas": pred.areas,
-                    "timings_ms": {
-                        "decode": _ms(pred.decode_seconds),
-                        "postprocess": _ms(pred.postprocess_seconds),
-                    },
-                    "outputs": written,
-                }
-            )
+        if args.stateless:
+            predictions, timings = _stateless(client, image, prompts, specs)
+        else:
+            predictions, timings = _in_session(client, data, prompts, specs, args)
+    if args.visualize is not None and image is None:
+        from sam2_triton.client import load_image
+
+        image = load_image(args.image)
+    results = [
+        _write_outputs(args, i if len(specs) > 1 else None, spec, prompt, pred, image)
+        for i, (spec, prompt, pred) in enumerate(zip(specs, prompts, predictions))
+    ]
     report = {
         "image": str(args.image),
         "height": int(hw[0]),
         "width": int(hw[1]),
         "url": args.url,
         "protocol": args.protocol,
+        "mode": "stateless" if args.stateless else "session",
         "shared_memory": args.shared_memory,
         "timings_ms": {
             "load_image": _ms(t_load),
-            "preprocess": _ms(embedding.preprocess_seconds),
-            "encode": _ms(embedding.encode_seconds),
+            **{k: _ms(v) for k, v in timings.items()},
             "total": _ms(time.perf_counter() - t0),
         },
         "results": results,
@@ -330,13 +313,93 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _in_session(client, data: bytes, prompts: list, specs: list, args) -> tuple[list, dict]:
+    """Every prompt set in one server-side session: the image travels with the first."""
+    outputs = ("masks", "iou_predictions") + (("low_res_masks",) if args.save_low_res else ())
+    predictions = []
+    with client.session(data) as session:
+        for spec, prompt in zip(specs, prompts):
+            predictions.append(
+                session.predict(
+                    prompt.points,
+                    prompt.labels,
+                    prompt.box,
+                    multimask=spec.multimask,
+                    mask_input=None if prompt.mask_input is None else prompt.mask_input,
+                    outputs=outputs,
+                )
+            )
+        first = session.start_seconds
+    return predictions, {"session_start": first}
+
+
+def _stateless(client, image, prompts: list, specs: list) -> tuple[list, dict]:
+    """The encoder once, then prompt sets of equal point count together
+    (sam2_decoder_prompts): the image's features travel once per request."""
+    embedding = client.encode_image(image)
+    predictions: list = [None] * len(specs)
+    for multimask in (False, True):
+        chosen = [i for i, s in enumerate(specs) if s.multimask == multimask]
+        batch = client.decode_batch(embedding, [prompts[i] for i in chosen], multimask)
+        for i, pred in zip(chosen, batch):
+            predictions[i] = pred
+    return predictions, {
+        "preprocess": embedding.preprocess_seconds,
+        "encode": embedding.encode_seconds,
+    }
+
+
+def _write_outputs(args, index: int | None, spec, prompt, pred, image) -> dict:
+    """Write the files one prompt set asked for; its entry of the JSON report."""
+    from sam2_triton.client import outputs as out
+
+    best = pred.best_index
+    written: dict[str, Any] = {}
+    if args.output is not None:
+        path = out.indexed_path(args.output, index)
+        written["mask"] = str(out.save_mask_png(path, pred.masks[best]))
+    if args.output_all is not None:
+        prefix = f"prompt_{index}_mask" if index is not None else "mask"
+        names = out.mask_file_names(len(pred.masks), prefix)
+        written["all"] = [
+            str(out.save_mask_png(args.output_all / name, m)) for name, m in zip(names, pred.masks)
+        ]
+    if args.visualize is not None:
+        path = out.indexed_path(args.visualize, index)
+        mask = pred.masks[best]
+        overlay = out.save_overlay(path, image, mask, prompt.points, prompt.labels, prompt.box)
+        written["visualize"] = str(overlay)
+    if args.save_low_res is not None:
+        path = out.indexed_path(args.save_low_res, index)
+        written["low_res"] = str(out.save_low_res(path, pred.low_res_logits[best]))
+    timings = (
+        {"round_trip": _ms(pred.round_trip_seconds)}
+        if hasattr(pred, "round_trip_seconds")
+        else {"decode": _ms(pred.decode_seconds), "postprocess": _ms(pred.postprocess_seconds)}
+    )
+    return {
+        "prompt": prompt.to_json(),
+        "multimask": spec.multimask,
+        "iou_predictions": [round(float(v), 6) for v in pred.iou_predictions],
+        "best": best,
+        "mask_areas": pred.areas,
+        "timings_ms": timings,
+        "outputs": written,
+    }
+
+
 def _print_summary(report: dict) -> None:
     t = report["timings_ms"]
-    print(
-        f"{report['image']} ({report['width']}x{report['height']}): encoded in "
-        f"{t['encode']:.0f} ms (+{t['preprocess']:.0f} ms preprocessing) on "
-        f"{report['url']} ({report['protocol']})"
-    )
+    where = f"{report['url']} ({report['protocol']})"
+    size = f"{report['image']} ({report['width']}x{report['height']})"
+    if report["mode"] == "session":
+        first = t["session_start"]
+        print(f"{size}: session on {where}, first request (image + prompt) {first:.0f} ms")
+    else:
+        print(
+            f"{size}: encoded in {t['encode']:.0f} ms (+{t['preprocess']:.0f} ms "
+            f"preprocessing) on {where}"
+        )
     pixels = report["width"] * report["height"]
     for i, r in enumerate(report["results"]):
         b = r["best"]
@@ -345,10 +408,11 @@ def _print_summary(report: dict) -> None:
         saved = ", ".join(
             v if isinstance(v, str) else f"{len(v)} masks" for v in r["outputs"].values()
         )
+        took = r["timings_ms"].get("round_trip", r["timings_ms"].get("decode", 0.0))
         print(
             f"prompt set {i}: mask {b} of {len(r['mask_areas'])}, predicted IoU {scores}; "
-            f"{area} px ({100.0 * area / pixels:.1f}%); decoded in "
-            f"{r['timings_ms']['decode']:.0f} ms" + (f"; wrote {saved}" if saved else "")
+            f"{area} px ({100.0 * area / pixels:.1f}%); answered in {took:.0f} ms"
+            + (f"; wrote {saved}" if saved else "")
         )
 
 

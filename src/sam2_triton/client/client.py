@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sam2_triton.client.pipeline import Sam2Pipeline
@@ -83,11 +84,12 @@ class Sam2Client(Sam2Pipeline):
         image travels once, each :meth:`Sam2Session.predict` sends only its prompt."""
         return Sam2Session(self.triton, image, model=model, max_points=self.max_points)
 
-    def check_ready(self) -> None:
-        """Raise :class:`UserError` unless the server and ``sam2_encoder``/``sam2_decoder`` are
-        ready (the message names the model that is not, with the server's reason)."""
-        self.triton.check_ready()
+    def check_ready(self, models: Sequence[str] | None = None) -> None:
+        """Raise :class:`UserError` unless the server and ``models`` (default
+        ``sam2_encoder``/``sam2_decoder``) are ready (the message names the model that is
+        not, with the server's reason)."""
+        self.triton.check_ready(models)
 
-    def wait_until_ready(self, timeout: float = 60.0) -> float:
-        """Wait up to ``timeout`` seconds for the server and both models; seconds waited."""
-        return self.triton.wait_until_ready(timeout)
+    def wait_until_ready(self, timeout: float = 60.0, models: Sequence[str] | None = None) -> float:
+        """Wait up to ``timeout`` seconds for the server and ``models``; seconds waited."""
+        return self.triton.wait_until_ready(timeout, models=models)

@@ -341,14 +341,16 @@ class TritonBackend:
 
     # --- readiness ---------------------------------------------------------------------------
 
-    def check_ready(self) -> None:
-        """:class:`UserError` unless the server and both models are ready; reads max_points."""
+    def check_ready(self, models: Sequence[str] | None = None) -> None:
+        """:class:`UserError` unless the server and ``models`` (default: the encoder and the
+        decoder) are ready; reads ``max_points`` from the last one's config."""
+        models = list(models or (self.encoder_model, self.decoder_model))
         if not self._call("server readiness check", self.client.is_server_live):
             raise UserError(f"the Triton server at {self.url} is not live")
-        for model in (self.encoder_model, self.decoder_model):
+        for model in models:
             if not self._call(f"readiness check of {model}", self.client.is_model_ready, model):
                 raise UserError(f"model {model} is not ready on {self.url}: {self._why(model)}")
-        self._read_max_points()
+        self._read_max_points(models[-1])
 
     def _why(self, model: str) -> str:
         """The repository index's state and reason for ``model``."""
@@ -367,21 +369,26 @@ class TritonBackend:
                 return f"{state}{': ' + reason.splitlines()[0] if reason else ''}"
         return "no such model in the server's repository"
 
-    def _read_max_points(self) -> None:
+    def _read_max_points(self, model: str) -> None:
         kw = {"as_json": True} if self.protocol == "grpc" else {}
-        config = self._call("config", self.client.get_model_config, self.decoder_model, **kw)
+        config = self._call("config", self.client.get_model_config, model, **kw)
         config = config.get("config", config)
         value = config.get("parameters", {}).get("max_points", {})
         value = value.get("string_value", value.get("stringValue"))
         if value and str(value).isdigit():
             self.max_points = int(value)
 
-    def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.5) -> float:
-        """Poll until the server and both models are ready; seconds waited, or UserError."""
+    def wait_until_ready(
+        self,
+        timeout: float = 60.0,
+        interval: float = 0.5,
+        models: Sequence[str] | None = None,
+    ) -> float:
+        """Poll until :meth:`check_ready` passes; seconds waited, or UserError."""
         start = time.monotonic()
         while True:
             try:
-                self.check_ready()
+                self.check_ready(models)
                 return time.monotonic() - start
             except UserError as e:
                 if time.monotonic() - start + interval > timeout:
