@@ -9,6 +9,8 @@ One repository serves four models:
                           (the same ONNX graph, which broadcasts batch-1 features over the
                           prompts, as Meta's predictor does for batched prompts)
 ``sam2``                  an ensemble: image + prompts → masks in one request
+``sam2_prompt_check``     the ensemble's first step: refuses a bad prompt before the
+                          encoder runs (it passes the image on to the encoder)
 
 Each ONNX model has a GPU ``config.pbtxt`` (``KIND_GPU``, TensorRT FP16) and a CPU variant
 in ``configs/cpu.pbtxt``, picked with Triton's ``--model-config-name=cpu``. The configs are
@@ -31,6 +33,8 @@ from sam2_triton.export import (
     DECODER_OUTPUTS,
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
+    PROMPT_CHECK_INPUTS,
+    PROMPT_CHECK_OUTPUTS,
     TENSOR_SHAPES,
 )
 from sam2_triton.files import write_text_atomic
@@ -40,6 +44,7 @@ ENCODER = "sam2_encoder"
 DECODER = "sam2_decoder"
 DECODER_PROMPTS = "sam2_decoder_prompts"
 ENSEMBLE = "sam2"
+PROMPT_CHECK = "sam2_prompt_check"
 ONNX_PLATFORM = "onnxruntime_onnx"
 CPU_CONFIG_NAME = "cpu"
 
@@ -275,18 +280,50 @@ def decoder_prompts_config(params: RepositoryParams) -> mc.ModelConfig:
     return config
 
 
+def _ensemble_batch(params: RepositoryParams) -> int:
+    return min(params.encoder.max_batch_size, params.decoder.max_batch_size)
+
+
+def prompt_check_config(params: RepositoryParams) -> mc.ModelConfig:
+    """``sam2_prompt_check``: the ensemble's first step, on the CPU in both variants.
+
+    Triton starts an ensemble step as soon as its inputs exist, and cannot skip one. So the
+    encoder reads its image from this model's output: when this project's backend refuses
+    the prompts (too many points, NaN, unknown labels, rows that disagree), the request
+    fails in milliseconds instead of after the encoder's seconds on a CPU. NVIDIA's ONNX
+    Runtime backend (NGC image) does not check; there the step is a copy of the image.
+    """
+    config = mc.ModelConfig(
+        name=PROMPT_CHECK,
+        platform=ONNX_PLATFORM,
+        max_batch_size=_ensemble_batch(params),
+        input=[_tensor(mc.ModelInput, n) for n in PROMPT_CHECK_INPUTS],
+        output=[_tensor(mc.ModelOutput, n) for n in PROMPT_CHECK_OUTPUTS],
+        dynamic_batching=_queue(params.encoder.max_queue_size),
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+    )
+    config.parameters["max_points"].string_value = str(params.max_points)
+    return config
+
+
 def ensemble_config(params: RepositoryParams) -> mc.ModelConfig:
-    """``sam2``: image + prompts in, masks out; Triton runs the encoder, then the decoder."""
+    """``sam2``: image + prompts in, masks out; Triton runs the prompt check, the encoder,
+    then the decoder."""
     prompts = [n for n in DECODER_INPUTS if n not in ENCODER_OUTPUTS]
     config = mc.ModelConfig(
         name=ENSEMBLE,
         platform="ensemble",
-        max_batch_size=min(params.encoder.max_batch_size, params.decoder.max_batch_size),
+        max_batch_size=_ensemble_batch(params),
         input=[_tensor(mc.ModelInput, n) for n in (*ENCODER_INPUTS, *prompts)],
         output=[_tensor(mc.ModelOutput, n) for n in DECODER_OUTPUTS],
     )
+    check = config.ensemble_scheduling.step.add(model_name=PROMPT_CHECK, model_version=-1)
+    for n in PROMPT_CHECK_INPUTS:
+        check.input_map[n] = n
+    (checked,) = PROMPT_CHECK_OUTPUTS
+    check.output_map[checked] = checked
     encode = config.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
-    encode.input_map["image"] = "image"
+    encode.input_map["image"] = checked
     for n in ENCODER_OUTPUTS:
         encode.output_map[n] = n
     decode = config.ensemble_scheduling.step.add(model_name=DECODER, model_version=-1)
@@ -323,6 +360,8 @@ def repository_configs(
         f"{DECODER}/configs/{CPU_CONFIG_NAME}.pbtxt": decoder_config(cpu),
         f"{DECODER_PROMPTS}/config.pbtxt": decoder_prompts_config(gpu),
         f"{DECODER_PROMPTS}/configs/{CPU_CONFIG_NAME}.pbtxt": decoder_prompts_config(cpu),
+        f"{PROMPT_CHECK}/config.pbtxt": prompt_check_config(gpu),
+        f"{PROMPT_CHECK}/configs/{CPU_CONFIG_NAME}.pbtxt": prompt_check_config(cpu),
         f"{ENSEMBLE}/config.pbtxt": ensemble_config(gpu),
         f"{ENSEMBLE}/configs/{CPU_CONFIG_NAME}.pbtxt": ensemble_config(cpu),
     }
