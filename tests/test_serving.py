@@ -216,6 +216,22 @@ def test_ensemble_refuses_a_bad_prompt_before_encoding(triton_server, image, pro
     assert inference_count(triton_server, "sam2_encoder") == encoded
 
 
+@pytest.mark.parametrize(
+    "model,value",
+    [("sam2_encoder", "image"), ("sam2_decoder", "image_embeddings"), ("sam2", "image")],
+)
+def test_outputs_that_come_out_nan_are_a_clear_error(triton_server, features, model, value):
+    """Finite inputs far out of range (3e38) overflow inside the model: 400, not NaN masks."""
+    feed = {"image": np.full((1, 3, 1024, 1024), 3e38, np.float32)}
+    if model == "sam2_decoder":
+        feed = {**features, **prompts(2), value: np.full_like(features[value], 3e38)}
+    elif model == "sam2":
+        feed.update(prompts(2))
+    response = post_binary(triton_server, model, feed)
+    assert response.status_code == 400, response.text
+    assert "came out NaN or infinite" in response.json()["error"]
+
+
 def post_binary(server, model: str, feed: dict) -> requests.Response:
     """An inference request with the binary tensor extension, as curl would send it."""
     inputs = []
