@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -35,6 +36,20 @@ BACKEND_SOURCE = Path(__file__).parent / "backend" / "onnxruntime" / "model.py"
 #: Where the python backend keeps the shared-memory region of each stub process.
 SHM_DIR = Path("/dev/shm")
 STUB_NAME = "triton_python_backend_stub"
+#: Stack of tritonserver's threads (glibc sizes them from RLIMIT_STACK), as NVIDIA runs its
+#: containers (``--ulimit stack=67108864``, also in docker-compose.yml). Triton 2.51's HTTP
+#: front end uses stack in proportion to a body's JSON nesting and to the size of a
+#: form-urlencoded body, and segfaults when it runs out: with the usual 8 MiB, 150,000 nested
+#: arrays (300 KB) do; with 64 MiB it takes about a million (SECURITY.md).
+STACK_BYTES = 64 << 20
+
+
+def _raise_stack_limit() -> None:
+    """In the child before ``exec``: lift the soft stack limit to :data:`STACK_BYTES`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = STACK_BYTES if hard == resource.RLIM_INFINITY else min(STACK_BYTES, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
 
 
 def tritonserver_dist() -> Path:
@@ -222,6 +237,7 @@ class EmbeddedTriton:
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,  # Ctrl-C reaches us; we stop the server in order.
+            preexec_fn=_raise_stack_limit,
         )
         return self
 
