@@ -381,39 +381,66 @@ def test_restarts_are_bounded_and_the_end_is_one_error_line(tiny_repository, tmp
         end(server)
 
 
+def healthcheck(server, *flags: str, module_file: bool = False):
+    """Run the probe as the compose healthcheck does: the module file with the standard
+    library only (``-I -S``: no site-packages, no sam2_triton), or scripts/healthcheck.py."""
+    command = ["-I", "-S", health.__file__] if module_file else [str(SCRIPTS / "healthcheck.py")]
+    return subprocess.run(
+        [sys.executable, *command, "--url", server.http_url, "--quiet", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_triton_calls_a_model_with_a_dead_stub_ready_and_the_probe_does_not(
     tiny_repository, tmp_path
 ):
-    """Without supervision: Triton's readiness lies, the probe does not (as a script, and as
-    the bare module file with the standard library only, as the NGC image runs it), and
-    stopping the server removes the dead stub's shared-memory region."""
+    """Without supervision: Triton's readiness lies, the probe does not; the healthcheck's
+    --stop-after stops the (container's) main process only once it had been healthy; stopping
+    the server removes the dead stub's shared-memory region."""
     server = EmbeddedTriton(
         tiny_repository, free_port(), free_port(), free_port(), config_name="cpu", exit_timeout_s=1
     )
-    with serving(server, tmp_path / "triton.log"):
-        send_http(server, "sam2_decoder")
-        base = f"http://{server.http_url}/v2"
-        assert requests.get(f"{base}/health/ready").status_code == 200
-        assert requests.get(f"{base}/models/sam2_decoder/ready").status_code == 200
-        results = {r.model: r for r in probe_server(server.http_url, timeout=30)}
-        assert not results["sam2_decoder"].healthy
-        assert "Stub process 'sam2_decoder_0_0' is not healthy" in results["sam2_decoder"].detail
-        assert all(r.healthy for m, r in results.items() if m != "sam2_decoder"), results
-        for command in (
-            [str(SCRIPTS / "healthcheck.py")],
-            ["-I", "-S", str(Path(health.__file__))],  # no site-packages, no sam2_triton
-        ):
-            proc = subprocess.run(
-                [sys.executable, *command, "--url", server.http_url, "--quiet"],
-                capture_output=True,
-                text=True,
-                timeout=60,
+    main_process = subprocess.Popen(["sleep", "300"])  # stands in for a container's PID 1
+    stop = ["--stop-after", "2", "--stop-pid", str(main_process.pid)]
+    state = ["--state-file", str(tmp_path / "health.json")]
+    try:
+        with serving(server, tmp_path / "triton.log"):
+            assert healthcheck(server, *stop, *state, module_file=True).returncode == 0
+            send_http(server, "sam2_decoder")
+            base = f"http://{server.http_url}/v2"
+            assert requests.get(f"{base}/health/ready").status_code == 200
+            assert requests.get(f"{base}/models/sam2_decoder/ready").status_code == 200
+            results = {r.model: r for r in probe_server(server.http_url, timeout=30)}
+            assert (
+                "Stub process 'sam2_decoder_0_0' is not healthy" in results["sam2_decoder"].detail
             )
-            assert proc.returncode == 1, proc.stderr
-            assert proc.stdout == ""
+            assert not results["sam2_decoder"].healthy
+            assert all(r.healthy for m, r in results.items() if m != "sam2_decoder"), results
+
+            failed = "FAIL  sam2_decoder: HTTP 500: Stub process 'sam2_decoder_0_0' is not healthy."
+            proc = healthcheck(server)
+            assert (proc.returncode, proc.stdout, proc.stderr.splitlines()) == (1, "", [failed])
+            # A server never seen healthy (still starting, as far as the probe knows) is left.
+            fresh = ["--state-file", str(tmp_path / "fresh.json")]
+            assert healthcheck(server, *stop, *fresh, module_file=True).returncode == 1
+            assert healthcheck(server, *stop, *fresh, module_file=True).returncode == 1
+            assert main_process.poll() is None
+            # One that was healthy is stopped at the second failed round in a row.
+            assert healthcheck(server, *stop, *state, module_file=True).returncode == 1
+            assert main_process.poll() is None
+            proc = healthcheck(server, *stop, *state, module_file=True)
+            assert proc.returncode == 1
             assert proc.stderr.splitlines() == [
-                "FAIL  sam2_decoder: HTTP 500: Stub process 'sam2_decoder_0_0' is not healthy."
+                failed,
+                f"sending SIGTERM to pid {main_process.pid} after 2 failed rounds in a row",
             ]
-        regions = server.shm_regions()
-        assert len(regions) == len(server.stub_processes()) + 1  # the dead stub's is left
-    assert not any(r.exists() for r in regions)
+            assert main_process.wait(10) == -signal.SIGTERM
+
+            regions = server.shm_regions()
+            assert len(regions) == len(server.stub_processes()) + 1  # the dead stub's is left
+        assert not any(r.exists() for r in regions)
+    finally:
+        main_process.kill()
+        main_process.wait()

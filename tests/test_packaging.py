@@ -494,7 +494,7 @@ def test_compose_healthcheck_restart_and_limits(compose, name):
     from sam2_triton.health import build_parser
 
     args = build_parser().parse_args(check[3:])  # the flags exist and parse
-    assert args.url.endswith(":8000") and args.stop_pid1_after >= 2
+    assert args.url.endswith(":8000") and args.stop_after >= 2 and args.stop_pid == 1
     assert args.timeout < _seconds(service["healthcheck"]["timeout"])
     assert service["restart"] == "unless-stopped"
     assert ulimit(service, "memlock") == (-1, -1)

@@ -246,36 +246,37 @@ def probe_server(url: str, models: Sequence[str] | None = None, timeout: float =
 # --- the command line (healthchecks, Kubernetes exec probes) ---------------------------------
 
 
-def _pid1_start() -> str:
+def _start_time(pid: int) -> str:
     try:
-        return Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
 
 
-def _stop_pid1_if_failing(healthy: bool, after: int, state_file: Path) -> str | None:
-    """Count consecutive failures of this container's server; at ``after``, SIGTERM PID 1.
+def stop_if_failing(healthy: bool, after: int, pid: int, state_file: Path) -> str | None:
+    """Count consecutive failed rounds; at ``after``, send SIGTERM to ``pid``; say so.
 
-    Docker restarts a container only when its main process exits, never for an unhealthy
-    status. Failures count only once the server has been healthy since PID 1 started, so a
+    For containers: Docker restarts one only when its main process (PID 1, tritonserver)
+    exits, never for an unhealthy status. Failures count only once the server has been
+    healthy since that process started (its start time is kept in ``state_file``), so a
     server still building TensorRT engines (Docker's start period) is never stopped.
     """
-    start = _pid1_start()
+    start = _start_time(pid)
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         state = {}
-    if state.get("pid1_start") != start:
-        state = {"pid1_start": start, "was_healthy": False, "failures": 0}
+    if state.get("start") != start:
+        state = {"start": start, "was_healthy": False, "failures": 0}
     if healthy:
         state.update(was_healthy=True, failures=0)
     elif state["was_healthy"]:
         state["failures"] += 1
     message = None
     if state["failures"] >= after:
-        message = f"stopping the server (PID 1) after {after} failed probes in a row"
-        state = {"pid1_start": "", "was_healthy": False, "failures": 0}
-        os.kill(1, signal.SIGTERM)
+        message = f"sending SIGTERM to pid {pid} after {after} failed rounds in a row"
+        state = {"start": "", "was_healthy": False, "failures": 0}
+        os.kill(pid, signal.SIGTERM)
     state_file.write_text(json.dumps(state))
     return message
 
@@ -295,17 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="print failures only")
     p.add_argument(
-        "--stop-pid1-after",
+        "--stop-after",
         type=int,
         metavar="N",
-        help="inside a container: after N failed rounds in a row (counted once the server "
-        "has been healthy), send SIGTERM to PID 1 so that the restart policy starts a new one",
+        help="after N failed rounds in a row (counted once the server has been healthy), "
+        "send SIGTERM to --stop-pid: in a container, PID 1 is tritonserver, and its exit "
+        "makes the restart policy start a new one",
     )
+    p.add_argument("--stop-pid", type=int, default=1, help="see --stop-after (default: 1)")
     p.add_argument(
         "--state-file",
         type=Path,
         default=Path("/tmp/sam2-triton-health.json"),
-        help="where --stop-pid1-after counts failures (default: %(default)s)",
+        help="where --stop-after counts failures (default: %(default)s)",
     )
     return p
 
@@ -317,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         if not (args.quiet and r.healthy):
             print(r.line(), file=sys.stdout if r.healthy else sys.stderr)
-    if args.stop_pid1_after:
-        message = _stop_pid1_if_failing(healthy, args.stop_pid1_after, args.state_file)
+    if args.stop_after:
+        message = stop_if_failing(healthy, args.stop_after, args.stop_pid, args.state_file)
         if message:
             print(message, file=sys.stderr)
     return 0 if healthy else 1
