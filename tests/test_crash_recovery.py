@@ -140,6 +140,14 @@ def send_form(server, model: str) -> str:
     return "no answer (connection closed)"
 
 
+def stop_stub(server, model: str) -> str:
+    """Not a request: a stub that hangs (SIGSTOP) is alive to the process watch; Triton
+    answers its model with 500 and the supervisor's health probe has to notice."""
+    [pid] = [p for p, argv in server.processes().items() if STUB_OF[model] in argv]
+    os.kill(pid, signal.SIGSTOP)
+    return f"stopped pid {pid}"
+
+
 def send_grpc(server, model: str) -> str:
     request = service_pb2.ModelInferRequest(model_name=model)
     for name, shape, raw in huge_shape_inputs(model):
@@ -275,6 +283,7 @@ def supervised(tiny_repository, tmp_path_factory):
         tiny_repository,
         tmp_path_factory.mktemp("supervised"),
         *("--restart-backoff", "0.1", "--max-restarts", "3", "--stable-after", "1"),
+        *("--probe-interval", "3"),
     )
     server.reference = {m: normal_answer(server, m) for m in STUB_OF}
     assert all(v is not None for v in server.reference.values()), server.log()[-3000:]
@@ -303,6 +312,7 @@ CASES = [
     ("huge_shape_grpc", "sam2_decoder", "python stub of model instance sam2_decoder_0_0"),
     ("huge_shape_grpc", "sam2_decoder_prompts", "stub of model instance sam2_decoder_prompts_0_0"),
     ("huge_shape_grpc", "sam2", "python stub of model instance sam2_prompt_check_0_0"),
+    ("hung_stub", "sam2_decoder", "health probe failed 2 times in a row: FAIL  sam2_decoder"),
 ]
 
 
@@ -316,6 +326,7 @@ def test_crash_payload_is_survived(supervised, tmp_path, payload, model, reason)
         "huge_shape_http": lambda: send_http(supervised, model),
         "huge_shape_curl": lambda: send_curl(supervised, model, tmp_path),
         "huge_shape_grpc": lambda: send_grpc(supervised, model),
+        "hung_stub": lambda: stop_stub(supervised, model),
     }[payload]
     send()
     t0 = time.monotonic()
