@@ -1,10 +1,10 @@
 """Does every model really answer? A probe that makes each model's backend run a request.
 
 Triton's ``/v2/health/ready`` and a model's ``ready`` endpoint say only that Triton loaded the
-model. Triton 2.51 (and every release before 2.65, NGC 26.01) keeps saying "ready" after a
-python-backend stub process has died, while each request to that model fails with 500
-"Stub process '...' is not healthy". This probe sends every model one small request that its
-backend itself must answer, and calls the model healthy only when it did:
+model. Triton 2.51 keeps saying "ready" after a python-backend stub process has died, while
+each request to that model fails with 500 "Stub process '...' is not healthy" (NVIDIA's
+release notes list a fix in 2.65, NGC 26.01). This probe sends every model one small
+request that its backend itself must answer, and calls the model healthy only when it did:
 
 * 200: the backend ran the request (NVIDIA's C++ ONNX Runtime backend in the NGC image runs
   even the deliberately invalid probes below);
@@ -78,15 +78,16 @@ class ModelProbe:
 
     def body(self) -> tuple[bytes, int]:
         """The binary HTTP request body and the length of its JSON header."""
+        raws = [i.raw() for i in self.inputs]
         request: dict = {
             "inputs": [
                 {
                     "name": i.name,
                     "shape": list(i.shape),
                     "datatype": i.datatype,
-                    "parameters": {"binary_data_size": len(i.raw())},
+                    "parameters": {"binary_data_size": len(raw)},
                 }
-                for i in self.inputs
+                for i, raw in zip(self.inputs, raws)
             ],
             "outputs": [{"name": self.output, "parameters": {"binary_data": True}}],
         }
@@ -97,7 +98,7 @@ class ModelProbe:
                 "sequence_end": True,
             }
         header = json.dumps(request).encode()
-        return header + b"".join(i.raw() for i in self.inputs), len(header)
+        return header + b"".join(raws), len(header)
 
 
 _FEATURES = (
