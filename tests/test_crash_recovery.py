@@ -55,6 +55,8 @@ STUB_OF = {
     "sam2": "sam2_prompt_check_0_0",
 }
 SEGFAULT = "tritonserver exited with code -11 (SIGSEGV)"
+#: Each shared-memory region is named <the server's prefix><a UUID like this one>.
+UUID = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 
 
 # --- the payloads -----------------------------------------------------------------------------
@@ -235,11 +237,21 @@ def start_serve_local(tiny_repository: Path, root: Path, *flags: str) -> Supervi
 
 
 def end(server: Supervised) -> None:
+    """Stop a serve_local of this module in whatever state a failed test left it: SIGTERM
+    (its own clean stop), then by pid whatever is left, and its shared-memory regions."""
+    prefixes = {r[: -len(UUID)] for r in stub_regions(server.processes())}
     if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait(30)
+        server.proc.terminate()
+        try:
+            server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
     for pid in server.processes():  # only if a test failed half-way: ours, by pid
         os.kill(pid, signal.SIGKILL)
+    for prefix in prefixes:
+        for region in SHM_DIR.glob(f"{prefix}*"):
+            region.unlink(missing_ok=True)
 
 
 # --- normal requests: the answer before the crash is the right one -------------------------------
