@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -467,3 +467,22 @@ def test_triton_calls_a_model_with_a_dead_stub_ready_and_the_probe_does_not(
     finally:
         main_process.kill()
         main_process.wait()
+
+
+def test_a_stateful_models_probe_is_one_whole_sequence():
+    """A session model is probed with one request that starts and ends its own sequence
+    (a random id), so a probe never joins or ends a client's session."""
+    probe = health.ModelProbe(
+        (health.Input("image_bytes", (1, 4), "UINT8", b"nope"),), "image_size", "not an image"
+    )
+    sessions = []
+    for _ in range(2):
+        body, header_length = replace(probe, one_shot_sequence=True).body()
+        request = json.loads(body[:header_length])
+        assert body[header_length:] == b"nope"
+        parameters = request["parameters"]
+        assert parameters["sequence_start"] is True and parameters["sequence_end"] is True
+        assert 0 < parameters["sequence_id"] < 2**64
+        sessions.append(parameters["sequence_id"])
+    assert sessions[0] != sessions[1]
+    assert "parameters" not in json.loads(probe.body()[0][: probe.body()[1]])

@@ -97,7 +97,6 @@ class Supervisor:
         self.probe_failures = probe_failures
         self.stdout, self.stderr = stdout, stderr
         self.restarts = 0  # in a row
-        self.total_restarts = 0
         self._stopping = threading.Event()
         self._models: list[str] = []  # READY after the first start: what must keep answering
         self._stubs: dict[int, str] = {}
@@ -187,7 +186,6 @@ class Supervisor:
         if lost:
             return f"model {lost[0]} did not load again ({states.get(lost[0], ('', ''))[1]})"
         self._stubs = self.server.stub_processes()
-        self.total_restarts += 1
         log.warning("sam2-triton: serving again, %.1f s after the restart", time.monotonic() - t0)
         return None
 
