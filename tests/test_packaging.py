@@ -482,12 +482,28 @@ def test_compose_trt_cache_is_a_named_volume_where_the_configs_point(compose):
             assert acc.parameters["trt_engine_cache_path"].startswith(cache_dir + "/"), rel
 
 
+def _seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(value))
+    assert m, f"unreadable duration {value!r}"
+    return float(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_compose_healthcheck_restart_and_limits(compose, name):
+    """The healthcheck runs the project's probe (every model must answer, not only Triton's
+    ready flag), mounted from the package, and stops a server that went bad so that the
+    restart policy starts a new one."""
     service = compose["services"][name]
     check = service["healthcheck"]["test"]
-    assert check[0] in ("CMD", "CMD-SHELL") and "curl" in " ".join(check)
-    assert any(arg.endswith(":8000/v2/health/ready") for arg in check), check
+    assert check[:3] == ["CMD", "python3", "/opt/sam2-triton/health.py"], check
+    mount = mounts(service)["/opt/sam2-triton/health.py"]
+    assert mount["read_only"]
+    assert Path(mount["source"]).resolve() == ROOT / "src" / "sam2_triton" / "health.py"
+    from sam2_triton.health import build_parser
+
+    args = build_parser().parse_args(check[3:])  # the flags exist and parse
+    assert args.url.endswith(":8000") and args.stop_after >= 2 and args.stop_pid == 1
+    assert args.timeout < _seconds(service["healthcheck"]["timeout"])
     assert service["restart"] == "unless-stopped"
     assert ulimit(service, "memlock") == (-1, -1)
     assert ulimit(service, "stack") == (67108864, 67108864)

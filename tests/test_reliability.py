@@ -365,7 +365,7 @@ def test_every_model_config_bounds_its_queue_and_points():
             continue
         policy = config.dynamic_batching.default_queue_policy
         assert 0 < policy.max_queue_size <= 1024, path
-        if config.name in ("sam2_decoder", "sam2_decoder_prompts"):
+        if config.name in ("sam2_decoder", "sam2_decoder_prompts", "sam2_prompt_check"):
             assert config.parameters["max_points"].string_value == str(MAX_POINTS), path
         if config.name == "sam2_decoder_prompts":
             assert config.parameters["max_prompts"].string_value == str(MAX_PROMPTS), path

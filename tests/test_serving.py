@@ -71,7 +71,14 @@ def features(local, image) -> dict:
     return dict(zip(ENCODER_OUTPUTS, local["encoder"].run(None, {"image": image})))
 
 
-SERVED = ("sam2_encoder", "sam2_decoder", "sam2_decoder_prompts", "sam2", "sam2_session")
+SERVED = (
+    "sam2_encoder",
+    "sam2_decoder",
+    "sam2_decoder_prompts",
+    "sam2_prompt_check",
+    "sam2",
+    "sam2_session",
+)
 
 
 def prompts(n_points: int = 3, batch: int = 1) -> dict:
@@ -107,6 +114,7 @@ def test_metadata_and_config_over_rest(triton_server):
     assert config["parameters"]["max_points"]["string_value"] == "64"
     ensemble = requests.get(f"{base}/sam2/config").json()
     assert [s["model_name"] for s in ensemble["ensemble_scheduling"]["step"]] == [
+        "sam2_prompt_check",
         "sam2_encoder",
         "sam2_decoder",
     ]
@@ -196,6 +204,39 @@ def test_metrics_include_sam2_models(triton_server):
     text = requests.get(triton_server.metrics_url).text
     for model in SERVED:
         assert f'nv_inference_request_success{{model="{model}",version="1"}}' in text, model
+
+
+def inference_count(server, model: str) -> int:
+    url = f"http://{server.http_url}/v2/models/{model}/stats"
+    return int(requests.get(url).json()["model_stats"][0]["inference_count"])
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_ensemble_refuses_a_bad_prompt_before_encoding(triton_server, image, protocol):
+    """sam2_prompt_check runs first and the encoder reads its image from it: a prompt the
+    backend refuses costs no encoder run."""
+    module, client = _clients(triton_server)[protocol]
+    encoded = inference_count(triton_server, "sam2_encoder")
+    with pytest.raises(InferenceServerException) as err:
+        infer(module, client, "sam2", {"image": image, **prompts(65)})
+    assert "sam2_prompt_check: 65 points per request, at most 64 are allowed" in str(err.value)
+    assert inference_count(triton_server, "sam2_encoder") == encoded
+
+
+@pytest.mark.parametrize(
+    "model,value",
+    [("sam2_encoder", "image"), ("sam2_decoder", "image_embeddings"), ("sam2", "image")],
+)
+def test_outputs_that_come_out_nan_are_a_clear_error(triton_server, features, model, value):
+    """Finite inputs far out of range (3e38) overflow inside the model: 400, not NaN masks."""
+    feed = {"image": np.full((1, 3, 1024, 1024), 3e38, np.float32)}
+    if model == "sam2_decoder":
+        feed = {**features, **prompts(2), value: np.full_like(features[value], 3e38)}
+    elif model == "sam2":
+        feed.update(prompts(2))
+    response = post_binary(triton_server, model, feed)
+    assert response.status_code == 400, response.text
+    assert "came out NaN or infinite" in response.json()["error"]
 
 
 def post_binary(server, model: str, feed: dict) -> requests.Response:

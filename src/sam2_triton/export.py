@@ -79,6 +79,9 @@ DECODER_INPUTS = (
     "has_mask_input",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "multimask_masks", "multimask_iou_predictions")
+#: The ``sam2`` ensemble's first step: the image and the prompts in, the image out.
+PROMPT_CHECK_INPUTS = ("image", "point_coords", "point_labels", "mask_input", "has_mask_input")
+PROMPT_CHECK_OUTPUTS = ("checked_image",)
 
 #: Precisions :func:`export_encoder` and :func:`export_decoder` write. ``fp16`` is meant
 #: for GPUs; inputs and outputs stay FP32 either way.
@@ -87,6 +90,7 @@ PRECISIONS = ("fp32", "fp16")
 #: Shapes without the batch dimension; ``-1`` is a dimension the caller chooses.
 TENSOR_SHAPES: dict[str, tuple[int, ...]] = {
     "image": (3, IMAGE_SIZE, IMAGE_SIZE),
+    "checked_image": (3, IMAGE_SIZE, IMAGE_SIZE),
     "image_embeddings": (EMBED_DIM, EMBED_SIZE, EMBED_SIZE),
     "high_res_feats_0": (HIGH_RES_FEATS[0][0], HIGH_RES_FEATS[0][1], HIGH_RES_FEATS[0][1]),
     "high_res_feats_1": (HIGH_RES_FEATS[1][0], HIGH_RES_FEATS[1][1], HIGH_RES_FEATS[1][1]),
@@ -438,13 +442,50 @@ def _declare_shapes(model) -> None:
     """
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
-        contract = ("batch", *("num_points" if d == -1 else d for d in TENSOR_SHAPES[value.name]))
-        for dim, want in zip(dims, contract):
+        for dim, want in zip(dims, _contract_dims(value.name)):
             dim.Clear()
             if isinstance(want, str):
                 dim.dim_param = want
             else:
                 dim.dim_value = want
+
+
+def _contract_dims(name: str) -> tuple:
+    """A tensor's dims as the graphs declare them: symbolic batch and point counts."""
+    return ("batch", *("num_points" if d == -1 else d for d in TENSOR_SHAPES[name]))
+
+
+def export_prompt_check(path: str | os.PathLike) -> Path:
+    """Write the ``sam2_prompt_check`` graph (the ``sam2`` ensemble's first step) atomically.
+
+    The graph only passes the image on (``Identity``); the prompts are inputs so that the
+    backend serving it checks them, as it checks the decoder's (counts from the declared
+    shapes, finite values, labels), and refuses a bad request before the ensemble's encoder
+    step, which reads this graph's output, ever starts. It holds no weights, so it needs no
+    checkpoint.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    def value(name: str):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(_contract_dims(name)))
+
+    (image,), (checked,) = ENCODER_INPUTS, PROMPT_CHECK_OUTPUTS
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [image], [checked])],
+        "sam2_prompt_check",
+        [value(n) for n in PROMPT_CHECK_INPUTS],
+        [value(n) for n in PROMPT_CHECK_OUTPUTS],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sam2_triton"
+    )
+    model.ir_version = 8  # what the ONNX Runtime of every supported Triton image reads
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
 
 
 def export_encoder(

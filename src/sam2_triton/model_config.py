@@ -1,6 +1,6 @@
 """Triton model configurations for the SAM2.1 model repository, built as protobuf.
 
-One repository serves four models:
+One repository serves these models:
 
 ``sam2_encoder``          image → embeddings (``platform: "onnxruntime_onnx"``)
 ``sam2_decoder``          embeddings + prompts → low-res mask logits, one prompt set per
@@ -12,6 +12,8 @@ One repository serves four models:
 ``sam2_session``          stateful (Triton's sequence batcher): the start request carries
                           the image file, later ones only prompts; the features stay on
                           the instance's device between requests (``sam2_triton.sessions``)
+``sam2_prompt_check``     the ensemble's first step: refuses a bad prompt before the
+                          encoder runs (it passes the image on to the encoder)
 
 Each ONNX model has a GPU ``config.pbtxt`` (``KIND_GPU``, TensorRT FP16) and a CPU variant
 in ``configs/cpu.pbtxt``, picked with Triton's ``--model-config-name=cpu``. The configs are
@@ -34,6 +36,8 @@ from sam2_triton.export import (
     DECODER_OUTPUTS,
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
+    PROMPT_CHECK_INPUTS,
+    PROMPT_CHECK_OUTPUTS,
     TENSOR_SHAPES,
 )
 from sam2_triton.files import write_text_atomic
@@ -43,6 +47,7 @@ ENCODER = "sam2_encoder"
 DECODER = "sam2_decoder"
 DECODER_PROMPTS = "sam2_decoder_prompts"
 ENSEMBLE = "sam2"
+PROMPT_CHECK = "sam2_prompt_check"
 SESSION = "sam2_session"
 #: The HTTP header (gRPC metadata key, lower-cased) that carries a session's ``sequence_id`` on
 #: every request of the session, so that a proxy in front of several replicas can send them
@@ -328,18 +333,50 @@ def decoder_prompts_config(params: RepositoryParams) -> mc.ModelConfig:
     return config
 
 
+def _ensemble_batch(params: RepositoryParams) -> int:
+    return min(params.encoder.max_batch_size, params.decoder.max_batch_size)
+
+
+def prompt_check_config(params: RepositoryParams) -> mc.ModelConfig:
+    """``sam2_prompt_check``: the ensemble's first step, on the CPU in both variants.
+
+    Triton starts an ensemble step as soon as its inputs exist, and cannot skip one. So the
+    encoder reads its image from this model's output: when this project's backend refuses
+    the prompts (too many points, NaN, unknown labels, rows that disagree), the request
+    fails in milliseconds instead of after the encoder's seconds on a CPU. NVIDIA's ONNX
+    Runtime backend (NGC image) does not check; there the step is a copy of the image.
+    """
+    config = mc.ModelConfig(
+        name=PROMPT_CHECK,
+        platform=ONNX_PLATFORM,
+        max_batch_size=_ensemble_batch(params),
+        input=[_tensor(mc.ModelInput, n) for n in PROMPT_CHECK_INPUTS],
+        output=[_tensor(mc.ModelOutput, n) for n in PROMPT_CHECK_OUTPUTS],
+        dynamic_batching=_queue(params.encoder.max_queue_size),
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+    )
+    config.parameters["max_points"].string_value = str(params.max_points)
+    return config
+
+
 def ensemble_config(params: RepositoryParams) -> mc.ModelConfig:
-    """``sam2``: image + prompts in, masks out; Triton runs the encoder, then the decoder."""
+    """``sam2``: image + prompts in, masks out; Triton runs the prompt check, the encoder,
+    then the decoder."""
     prompts = [n for n in DECODER_INPUTS if n not in ENCODER_OUTPUTS]
     config = mc.ModelConfig(
         name=ENSEMBLE,
         platform="ensemble",
-        max_batch_size=min(params.encoder.max_batch_size, params.decoder.max_batch_size),
+        max_batch_size=_ensemble_batch(params),
         input=[_tensor(mc.ModelInput, n) for n in (*ENCODER_INPUTS, *prompts)],
         output=[_tensor(mc.ModelOutput, n) for n in DECODER_OUTPUTS],
     )
+    check = config.ensemble_scheduling.step.add(model_name=PROMPT_CHECK, model_version=-1)
+    for n in PROMPT_CHECK_INPUTS:
+        check.input_map[n] = n
+    (checked,) = PROMPT_CHECK_OUTPUTS
+    check.output_map[checked] = checked
     encode = config.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
-    encode.input_map["image"] = "image"
+    encode.input_map["image"] = checked
     for n in ENCODER_OUTPUTS:
         encode.output_map[n] = n
     decode = config.ensemble_scheduling.step.add(model_name=DECODER, model_version=-1)
@@ -458,6 +495,8 @@ def repository_configs(
         f"{DECODER}/configs/{CPU_CONFIG_NAME}.pbtxt": decoder_config(cpu),
         f"{DECODER_PROMPTS}/config.pbtxt": decoder_prompts_config(gpu),
         f"{DECODER_PROMPTS}/configs/{CPU_CONFIG_NAME}.pbtxt": decoder_prompts_config(cpu),
+        f"{PROMPT_CHECK}/config.pbtxt": prompt_check_config(gpu),
+        f"{PROMPT_CHECK}/configs/{CPU_CONFIG_NAME}.pbtxt": prompt_check_config(cpu),
         f"{ENSEMBLE}/config.pbtxt": ensemble_config(gpu),
         f"{ENSEMBLE}/configs/{CPU_CONFIG_NAME}.pbtxt": ensemble_config(cpu),
         f"{SESSION}/config.pbtxt": session_config(gpu),

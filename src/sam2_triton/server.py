@@ -10,10 +10,14 @@ the NGC image; only the ONNX Runtime backend is ours instead of NVIDIA's C++ one
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import resource
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +35,23 @@ from sam2_triton.models import UserError
 #: This project's Python-based backends, one folder each: ``onnxruntime`` (stands in for
 #: NVIDIA's C++ ONNX Runtime backend) and ``sam2_session`` (the stateful session model).
 BACKENDS = Path(__file__).parent / "backend"
+#: Where the python backend keeps the shared-memory region of each stub process.
+SHM_DIR = Path("/dev/shm")
+STUB_NAME = "triton_python_backend_stub"
+#: Stack of tritonserver's threads (glibc sizes them from RLIMIT_STACK), as NVIDIA runs its
+#: containers (``--ulimit stack=67108864``, also in docker-compose.yml). Triton 2.51's HTTP
+#: front end uses stack in proportion to a body's JSON nesting and to the size of a
+#: form-urlencoded body, and segfaults when it runs out: with the usual 8 MiB, 150,000 nested
+#: arrays (300 KB) do; with 64 MiB it takes about a million (SECURITY.md).
+STACK_BYTES = 64 << 20
+
+
+def _raise_stack_limit() -> None:
+    """In the child before ``exec``: lift the soft stack limit to :data:`STACK_BYTES`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = STACK_BYTES if hard == resource.RLIM_INFINITY else min(STACK_BYTES, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
 
 
 def tritonserver_dist() -> Path:
@@ -121,6 +142,12 @@ class EmbeddedTriton:
     #: None: Triton's default (right for the CPU configs).
     cuda_memory_pool_mb: int | None = None
     extra_args: list[str] = field(default_factory=list)
+    #: Name prefix of the python backend's shared-memory regions (``/dev/shm``): unique to
+    #: this object, so that :meth:`stop` removes the regions of stubs that died (a dead stub
+    #: leaves its region behind) and never another server's.
+    shm_prefix: str = field(
+        default_factory=lambda: f"sam2_triton_{os.getpid()}_{secrets.token_hex(4)}_"
+    )
     process: subprocess.Popen | None = None
     _workdir: tempfile.TemporaryDirectory | None = None
 
@@ -169,6 +196,7 @@ class EmbeddedTriton:
             f"--exit-on-error={str(self.exit_on_error).lower()}",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
@@ -212,6 +240,7 @@ class EmbeddedTriton:
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,  # Ctrl-C reaches us; we stop the server in order.
+            preexec_fn=_raise_stack_limit,
         )
         return self
 
@@ -265,10 +294,48 @@ class EmbeddedTriton:
             time.sleep(0.2)
         raise UserError(f"tritonserver not ready after {timeout:.0f} s")
 
+    def owned_processes(self) -> dict[int, list[str]]:
+        """``{pid: argv}`` of the live processes of this start: ``tritonserver`` and its
+        python stubs, also stubs re-parented after ``tritonserver`` died. Found by their
+        process group and this start's backend folder in their command line, so a process
+        that merely reuses a pid or group id is never taken for ours."""
+        if self.process is None or self._workdir is None:
+            return {}
+        marker = self._workdir.name
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == self.process.pid and state != "Z" and any(marker in a for a in argv):
+                found[int(entry.name)] = [a for a in argv if a]
+        return found
+
+    def stub_processes(self) -> dict[int, str]:
+        """``{pid: model instance}`` of the live python stubs (e.g. ``sam2_decoder_0_0``)."""
+        return {
+            pid: argv[8] if len(argv) > 8 else "?"
+            for pid, argv in self.owned_processes().items()
+            if argv[0].endswith(STUB_NAME)
+        }
+
+    def shm_regions(self) -> list[Path]:
+        """The python backend's shared-memory regions of this server that exist now."""
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+
     def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM, wait for Triton's drain, SIGKILL as a last resort; return the exit code."""
+        """SIGTERM, wait for Triton's drain, SIGKILL as a last resort; return the exit code.
+
+        Then end what a crash leaves behind: stub processes still running (by pid, see
+        :meth:`owned_processes`) and the shared-memory regions of this server.
+        """
         timeout = self.exit_timeout_s + 20 if timeout is None else timeout
-        proc, self.process = self.process, None
+        proc = self.process
         code = None
         if proc is not None:
             if proc.poll() is None:
@@ -276,13 +343,25 @@ class EmbeddedTriton:
                 try:
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
+                    os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet: the group is ours
                     proc.wait()
             code = proc.returncode
+            self._end_leftovers()
+        self.process = None
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
         return code
+
+    def _end_leftovers(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while (left := self.owned_processes()) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        for region in self.shm_regions():
+            region.unlink(missing_ok=True)
 
     def __enter__(self) -> "EmbeddedTriton":
         return self.start()

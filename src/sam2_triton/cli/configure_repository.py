@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="configure_repository.py",
         description="Write config.pbtxt (GPU) and configs/cpu.pbtxt (CPU) for sam2_encoder, "
-        "sam2_decoder, sam2_decoder_prompts, the sam2 ensemble and sam2_session. Flags change "
-        "the configs of --target (default: the GPU ones); the others keep their defaults. The "
-        "ONNX files are not touched.",
+        "sam2_decoder, sam2_decoder_prompts, sam2_prompt_check, the sam2 ensemble and "
+        "sam2_session. Flags change the configs of --target (default: the GPU ones); the others "
+        "keep their defaults. The exported ONNX files are not touched (the weightless "
+        "sam2_prompt_check graph is written if missing).",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--model", default="base_plus", choices=list(MODEL_SIZES))
@@ -110,8 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.check:
         for path in mc.write_repository_configs(args.repository, gpu=gpu, cpu=cpu):
             print(f"wrote {path}")
+        check_graph = args.repository / mc.PROMPT_CHECK / "1" / "model.onnx"
+        if not check_graph.is_file():  # weightless, so it needs no export from a checkpoint
+            from sam2_triton.export import export_prompt_check
+
+            print(f"wrote {export_prompt_check(check_graph)}")
     problems = []
-    for model in (mc.ENCODER, mc.DECODER, mc.DECODER_PROMPTS):
+    for model in (mc.ENCODER, mc.DECODER, mc.DECODER_PROMPTS, mc.PROMPT_CHECK):
         onnx = args.repository / model / "1" / "model.onnx"
         if not onnx.is_file():
             print(f"note: {onnx} not exported yet; configs not checked against it")

@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
         copy = export.copy_graph(path, repo / "sam2_decoder_prompts" / "1" / "model.onnx")
         log.info("wrote %s (the same graph, for K prompts on one image)", copy)
+    path = export.export_prompt_check(repo / "sam2_prompt_check" / "1" / "model.onnx")
+    log.info("wrote %s (the sam2 ensemble's prompt check)", path)
     if not args.no_configs:
         from sam2_triton import model_config
 

@@ -50,16 +50,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-timeout", type=int, default=10, help="seconds to drain requests when stopped"
     )
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for readiness")
+    s = p.add_argument_group(
+        "supervision",
+        "When tritonserver or one of its python stubs dies, or a model fails its health probe "
+        "(scripts/healthcheck.py), the server is stopped, its leftovers removed and a new one "
+        "started. Each restart is logged with its reason.",
+    )
+    s.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="restarts in a row before giving up (default: %(default)s; 0: exit on the first "
+        "failure)",
+    )
+    s.add_argument(
+        "--restart-backoff",
+        type=float,
+        default=1.0,
+        help="seconds before the first restart; doubles with each one in a row, up to 60 "
+        "(default: %(default)s)",
+    )
+    s.add_argument(
+        "--stable-after",
+        type=float,
+        default=300,
+        help="seconds of serving after which the restart count starts again (default: "
+        "%(default)s)",
+    )
+    s.add_argument(
+        "--probe-interval",
+        type=float,
+        default=10,
+        help="seconds between health probes of every model (default: %(default)s; 0: none)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from sam2_triton.server import EmbeddedTriton
+    from sam2_triton.supervisor import RestartPolicy, Supervisor
 
     args = build_parser().parse_args(argv)
     for port in (args.http_port, args.grpc_port, args.metrics_port):
         if not 0 < port < 65536:
             raise UserError(f"port {port} is not in 1..65535")
+    if args.probe_interval < 0:
+        raise UserError("--probe-interval must be ≥ 0")
+    policy = RestartPolicy(args.max_restarts, args.restart_backoff, 60.0, args.stable_after)
     server = EmbeddedTriton(
         repository=args.repository,
         http_port=args.http_port,
@@ -75,18 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             else (None if args.config_name == "cpu" else 2048)
         ),
     )
-    stopping = []
+    supervisor = Supervisor(server, policy, args.ready_timeout, args.probe_interval)
 
-    def request_stop(signum, _frame) -> None:
-        stopping.append(signum)
-        if server.process is not None and server.process.poll() is None:
-            server.process.terminate()
+    def request_stop(_signum, _frame) -> None:
+        supervisor.stop()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    server.start()
-    try:
-        seconds = server.wait_ready(args.ready_timeout, allow_unavailable=True)
+
+    def announce(seconds: float) -> None:
         # A model that failed to load is reported, and the others keep serving.
         for model, reason in server.unavailable_models().items():
             print(f"warning: model {model} is unavailable: {reason}", file=sys.stderr)
@@ -95,20 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"gRPC {server.grpc_url}, metrics {server.metrics_url}",
             flush=True,
         )
-        code = server.process.wait() if server.process else 0
-    except UserError:
-        if stopping:
-            code = 0
-        else:
-            raise
-    finally:
-        final = server.stop()
-    if stopping:
-        print("sam2-triton stopped", file=sys.stderr)
-        return 0
-    code = final if final is not None else code
-    if code:
-        raise UserError(f"tritonserver exited with code {code} (see its log above)")
+
+    supervisor.run(on_ready=announce)
+    print("sam2-triton stopped", file=sys.stderr)
     return 0
 
 

@@ -22,8 +22,10 @@ What it does, per model instance:
   inside the ``sam2`` ensemble the encoder's features go to the decoder without a trip
   through host memory;
 * answers a bad request with an ``INVALID_ARG`` error (HTTP 400) and keeps serving:
-  non-finite values, more points than the config's ``max_points`` or more prompt sets than
-  its ``max_prompts``, prompt tensors whose counts disagree, unknown labels.
+  more points than the config's ``max_points`` or more prompt sets than its
+  ``max_prompts``, prompt tensors whose counts disagree (all read from the declared shapes,
+  before any value), non-finite values, unknown labels, and inputs so far out of range that
+  the model's outputs come out NaN or infinite.
 
 Only numpy and onnxruntime are imported: this file runs inside Triton's python stub.
 """
@@ -313,60 +315,70 @@ class TritonPythonModel:
             for i, inputs in members:
                 size = inputs[self.rows_input].shape[0]
                 asked = requests[i].requested_output_names() or self.output_names
-                tensors = [
-                    self.runner.tensor(n, results[n][start : start + size])
-                    for n in names
-                    if n in asked
-                ]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                rows = {n: results[n][start : start + size] for n in names if n in asked}
                 start += size
+                # Finite inputs of absurd size (3e38) overflow inside the model: say so
+                # instead of answering 200 with masks that are all NaN.
+                broken = [n for n, value in rows.items() if not self.runner.all_finite(value)]
+                if broken:
+                    responses[i] = self._error(
+                        f"{self.name}: output '{broken[0]}' came out NaN or infinite; an "
+                        "input value is far outside the range the model works in"
+                    )
+                    continue
+                tensors = [self.runner.tensor(n, value) for n, value in rows.items()]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 
     def _read_inputs(self, request) -> dict:
-        inputs = {}
+        tensors = {}
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise BadRequest(f"{self.name}: missing input '{name}'")
+            tensors[name] = tensor
+        if "point_coords" in tensors:
+            # Counts first, from the declared shapes: an oversized request is refused before
+            # any of its values is read, checked or copied.
+            self._check_prompt_shapes({n: tuple(t.shape()) for n, t in tensors.items()})
+        inputs = {}
+        for name, tensor in tensors.items():
             value = self.runner.array(tensor)
             if not self.runner.all_finite(value):
                 raise BadRequest(f"{self.name}: input '{name}' contains NaN or infinite values")
             inputs[name] = value
-        if "point_coords" in inputs:
-            self._check_points(
-                self.runner.host(inputs["point_coords"]), self.runner.host(inputs["point_labels"])
-            )
-            self._check_prompt_sets(inputs)
-        return inputs
-
-    def _check_prompt_sets(self, inputs: dict) -> None:
-        """Every prompt tensor has one row per prompt set (Triton checks this only where it
-        batches the model), and there are 1..max_prompts of them. ``mask_input`` may also
-        have one row, shared by all sets: the graph broadcasts it, so a prompt batch
-        without previous masks need not carry K zero masks."""
-        k = inputs["point_coords"].shape[0]
-        for name, allowed in (("mask_input", (1, k)), ("has_mask_input", (k,))):
-            if inputs[name].shape[0] not in allowed:
-                one = " (or 1, shared)" if len(allowed) > 1 else ""
-                raise BadRequest(
-                    f"{self.name}: {name} has {inputs[name].shape[0]} rows but point_coords "
-                    f"has {k} prompt sets (one row each{one})"
-                )
-        self._check_count(k, "prompt set", self.max_prompts)
-
-    def _check_points(self, coords: np.ndarray, labels: np.ndarray) -> None:
-        n = coords.shape[-2]
-        if labels.shape != coords.shape[:-1]:
-            raise BadRequest(
-                f"{self.name}: point_labels shape {list(labels.shape)} does not match "
-                f"point_coords shape {list(coords.shape)} (expected [B, N] for [B, N, 2])"
-            )
-        self._check_count(n, "point", self.max_points, " (or a box as 2 points)")
-        if not np.isin(labels, VALID_LABELS).all():
+        if (
+            "point_labels" in inputs
+            and not np.isin(self.runner.host(inputs["point_labels"]), VALID_LABELS).all()
+        ):
             raise BadRequest(
                 f"{self.name}: point_labels must be 1 (foreground), 0 (background), "
                 "2/3 (box corners) or -1 (padding)"
             )
+        return inputs
+
+    def _check_prompt_shapes(self, shapes: dict[str, tuple]) -> None:
+        """Points per prompt set agree and are 1..max_points; every prompt tensor has one
+        row per prompt set (Triton checks this only where it batches the model), and there
+        are 1..max_prompts of them. ``mask_input`` may also have one row, shared by all
+        sets: the graph broadcasts it, so a prompt batch without previous masks need not
+        carry K zero masks."""
+        coords, labels = shapes["point_coords"], shapes["point_labels"]
+        if labels != coords[:-1]:
+            raise BadRequest(
+                f"{self.name}: point_labels shape {list(labels)} does not match "
+                f"point_coords shape {list(coords)} (expected [B, N] for [B, N, 2])"
+            )
+        self._check_count(coords[-2], "point", self.max_points, " (or a box as 2 points)")
+        k = coords[0]
+        for name, allowed in (("mask_input", (1, k)), ("has_mask_input", (k,))):
+            if name in shapes and shapes[name][0] not in allowed:
+                one = " (or 1, shared)" if len(allowed) > 1 else ""
+                raise BadRequest(
+                    f"{self.name}: {name} has {shapes[name][0]} rows but point_coords "
+                    f"has {k} prompt sets (one row each{one})"
+                )
+        self._check_count(k, "prompt set", self.max_prompts)
 
     def _check_count(self, count: int, what: str, cap: int, alternative: str = "") -> None:
         """1..``cap`` of ``what`` per request (``cap`` 0: no upper bound)."""
