@@ -87,6 +87,11 @@ class TorchOrtSession:
         options = ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if device.type != "cuda":
+            # ONNX Runtime's CPU arena keeps the encoder's peak working set for good (it
+            # doubled a session instance's memory, to 2.2 GB with tiny); without it the
+            # memory goes back after each run, at no measurable cost in speed.
+            options.enable_cpu_mem_arena = False
         self.device = device
         self.path = path
         try:

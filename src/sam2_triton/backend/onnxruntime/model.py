@@ -256,6 +256,11 @@ class TritonPythonModel:
         device_id = int(args.get("model_instance_device_id", 0) or 0)
         providers = choose_providers(self.config, kind, device_id, log)
         options = ort.SessionOptions()
+        if kind != "GPU":
+            # ONNX Runtime's CPU arena keeps the largest batch's working set for good (5.8 GB
+            # seen for the tiny encoder after batches of 4); without it the memory goes back
+            # after each run, at no measurable cost in speed (tiny encoder, 2 cores).
+            options.enable_cpu_mem_arena = False
         threads = int(_param(self.config, "intra_op_thread_count", "0") or 0)
         if threads:
             options.intra_op_num_threads = threads
