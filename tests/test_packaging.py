@@ -430,9 +430,16 @@ def test_compose_has_the_gpu_and_cpu_services(compose):
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_compose_image_is_pinned(compose, name):
-    image = compose["services"][name]["image"]
-    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", image), image
-    assert not image.endswith(":latest")
+    """The services run docker/Dockerfile's image, built on a pinned NGC Triton release: the
+    build argument, the Dockerfile's default and the tag name the same release."""
+    service = compose["services"][name]
+    base = service["build"]["args"]["TRITON_IMAGE"]
+    m = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d{2}\.\d{2}-py3)", base)
+    assert m, base
+    assert service["image"] == f"sam2-triton:{m[1]}"
+    assert service["build"]["dockerfile"] == "docker/Dockerfile"
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert f"ARG TRITON_IMAGE={base}\nFROM ${{TRITON_IMAGE}}" in dockerfile
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -573,3 +580,17 @@ def test_committed_configs_equal_the_generated_ones():
 def test_no_model_artefacts_are_tracked():
     artefacts = [f for f in tracked_files() if f.lower().endswith(MODEL_ARTEFACT_SUFFIXES)]
     assert not artefacts, f"model files must not be committed: {artefacts}"
+
+
+def test_dockerfile_installs_the_session_backend_where_triton_looks():
+    """NGC's Triton finds a Python-based backend at <backend-directory>/<backend>/model.py;
+    the image puts sam2_session's there, with the packages its modules import."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    backend = model_config.session_config(model_config.RepositoryParams()).backend
+    assert f"/opt/tritonserver/backends/{backend}/model.py" in dockerfile
+    assert f"backend/{backend}/model.py" in dockerfile
+    for package in ("torch==", "onnxruntime-gpu==", "pillow==", "opencv-python-headless=="):
+        assert package in dockerfile, package
+    constraints = (ROOT / ".ci" / "constraints.txt").read_text()
+    torch = re.search(r"^torch==(\S+)$", constraints, re.M)[1]
+    assert f'"torch=={torch}"' in dockerfile  # the torch CI tests
