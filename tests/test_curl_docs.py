@@ -89,6 +89,11 @@ def test_the_document_has_the_promised_commands():
         "/v2/models/sam2/infer",
         "/v2/models/sam2_encoder/infer",
         "/v2/models/sam2_decoder/infer",
+        "/v2/models/sam2_session/infer",
+        "X-Sam2-Session",
+        "sequence_start",
+        "use_previous_mask",
+        "sequence_end",
     ):
         assert needle in text, needle
 
@@ -104,11 +109,19 @@ def test_metadata_commands_print_what_they_promise(curl_run):
 
 
 def reference_mask(predictor, image, **prompt) -> tuple[np.ndarray, np.ndarray]:
-    """The predictor's best mask and its logits for ``prompt`` on ``image``."""
+    """The predictor's best mask and its logits for ``prompt`` on ``image``; ``refines``: a
+    first prompt whose best low-res logits go in as ``mask_input`` (what the session keeps)."""
     predictor.set_image(image)
     multimask = prompt.pop("multimask", False)
+    mask_input = None
+    if "refines" in prompt:
+        first = {k: np.asarray(v, np.float32) for k, v in prompt.pop("refines").items()}
+        _, iou, low_res = predictor.predict(**first, multimask_output=False, return_logits=True)
+        mask_input = low_res[np.argmax(iou)][None]
     kw = {k: np.asarray(v, np.float32) for k, v in prompt.items()}
-    logits, iou, _ = predictor.predict(**kw, multimask_output=multimask, return_logits=True)
+    logits, iou, _ = predictor.predict(
+        **kw, mask_input=mask_input, multimask_output=multimask, return_logits=True
+    )
     best = int(np.argmax(iou))
     return logits[best] > 0, logits[best]
 
@@ -119,6 +132,15 @@ def reference_mask(predictor, image, **prompt) -> tuple[np.ndarray, np.ndarray]:
         ("mask.png", dict(point_coords=[[250, 180]], point_labels=[1])),
         ("refined.png", dict(point_coords=[[250, 180], [320, 90]], point_labels=[1, 0])),
         ("box.png", dict(box=[60, 40, 400, 280], multimask=True)),
+        ("session_mask.png", dict(point_coords=[[250, 180]], point_labels=[1])),
+        (
+            "session_refined.png",
+            dict(
+                point_coords=[[250, 180], [320, 90]],
+                point_labels=[1, 0],
+                refines=dict(point_coords=[[250, 180]], point_labels=[1]),
+            ),
+        ),
     ],
 )
 def test_curl_masks_equal_the_predictor(curl_run, predictor, png, prompt):
