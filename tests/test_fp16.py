@@ -72,11 +72,13 @@ def test_contract_unchanged(fp16_repository):
 
 
 def test_fp16_encoder_attention_is_fused(fp16_repository):
-    """Every Hiera block's attention runs as ONNX Runtime's MultiHeadAttention (flash
-    attention on the CUDA EP): no explicit attention map (Softmax) is left in the encoder."""
+    """In the encoder's CUDA graph (model.cuda.onnx) every Hiera block's attention runs as ONNX
+    Runtime's MultiHeadAttention (flash attention on the CUDA EP): no explicit attention map
+    (Softmax) is left."""
     from sam2_triton.optimize import op_counts
 
-    graph = onnx.load(str(fp16_repository / "sam2_encoder/1/model.onnx"), load_external_data=False)
+    path = fp16_repository / "sam2_encoder/1/model.cuda.onnx"
+    graph = onnx.load(str(path), load_external_data=False)
     counts = op_counts(graph)
     assert counts["MultiHeadAttention"] == 12, counts  # tiny: 1 + 2 + 7 + 2 blocks
     assert counts["Softmax"] == 0, counts
@@ -128,3 +130,63 @@ def test_fp16_agrees_with_fp32_on_photos(tiny_repository, fp16_repository, photo
                 assert np.abs(a[key] - b[key]).max() < 0.05, (name, key)
             for key in ("iou_predictions", "multimask_iou_predictions"):
                 assert np.abs(a[key] - b[key]).max() < 1e-2, (name, key)
+
+
+# --- TensorRT readiness: what the TensorRT configs serve, checked without TensorRT -----------
+
+
+@pytest.mark.parametrize("which", ["fp32", "fp16"])
+def test_tensorrt_configs_serve_graphs_tensorrts_parser_takes_whole(
+    tiny_repository, fp16_repository, which
+):
+    """Every graph a GPU config hands to TensorRT holds standard ONNX operators of TensorRT's
+    published support list only (the fused encoder, with ONNX Runtime's contrib operators,
+    is a separate file for the CUDA EP), and its profile matches the config's batching."""
+    import shutil
+
+    from sam2_triton.model_config import write_repository_configs
+    from sam2_triton.tensorrt import tensorrt_graphs, tensorrt_problems
+
+    repo = tiny_repository if which == "fp32" else fp16_repository
+    if which == "fp16":  # that export wrote no configs: write the defaults beside its files
+        configs = repo.parent / "fp16_with_configs"
+        shutil.copytree(repo, configs, dirs_exist_ok=True)
+        write_repository_configs(configs, "tiny")
+        repo = configs
+    graphs = tensorrt_graphs(repo)
+    assert {"sam2_encoder", "sam2_decoder", "sam2_decoder_prompts"} <= set(graphs)
+    for model, path in graphs.items():
+        assert tensorrt_problems(path) == [], (model, tensorrt_problems(path))
+    fused = repo / "sam2_encoder" / "1" / "model.cuda.onnx"
+    assert fused.is_file() == (which == "fp16")
+    if which == "fp16":
+        assert any("com.microsoft.MultiHeadAttention" in p for p in tensorrt_problems(fused))
+        params = RepositoryParams(model_size="tiny")
+        assert check_config_against_onnx(encoder_config(params), fused) == []
+
+
+def test_tensorrt_profiles_cover_the_batching():
+    """min/opt/max of each TensorRT profile: 1, the first preferred batch size, the largest
+    batch the config lets Triton form (and 1..max_points points for the decoders)."""
+    from sam2_triton.model_config import repository_configs
+
+    for path, config in repository_configs().items():
+        accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+        trt = [a for a in accelerators if a.name == "tensorrt"]
+        if not trt:
+            continue
+        shapes = {
+            key: dict(
+                item.split(":")
+                for item in trt[0].parameters[f"trt_profile_{key}_shapes"].split(",")
+            )
+            for key in ("min", "opt", "max")
+        }
+        for tensor, largest in shapes["max"].items():
+            lead = int(largest.split("x")[0])
+            batch = config.max_batch_size
+            if batch:
+                assert lead == batch, (path, tensor)
+                assert int(shapes["min"][tensor].split("x")[0]) == 1, (path, tensor)
+            if tensor == "point_coords":
+                assert largest.split("x")[1] == config.parameters["max_points"].string_value

@@ -83,6 +83,10 @@ DECODER_OUTPUTS = ("masks", "iou_predictions", "multimask_masks", "multimask_iou
 PROMPT_CHECK_INPUTS = ("image", "point_coords", "point_labels", "mask_input", "has_mask_input")
 PROMPT_CHECK_OUTPUTS = ("checked_image",)
 
+#: Beside an encoder's ``model.onnx`` (standard ONNX operators: what TensorRT takes), the same
+#: graph with ONNX Runtime's fused attention (contrib operators), for ONNX Runtime's CUDA EP.
+CUDA_MODEL_FILENAME = "model.cuda.onnx"
+
 #: Precisions :func:`export_encoder` and :func:`export_decoder` write. ``fp16`` is meant
 #: for GPUs; inputs and outputs stay FP32 either way.
 PRECISIONS = ("fp32", "fp16")
@@ -398,8 +402,10 @@ def _export(
     dynamic_axes,
     precision: str = "fp32",
     optimize: bool = True,
-    fuse_attention: bool = False,
+    fused_path: Path | None = None,
 ) -> None:
+    """Trace ``module`` once and write the graph to ``path``; with ``fused_path``, also the
+    same graph with ONNX Runtime's fused attention there."""
     import onnx
     import torch
 
@@ -421,16 +427,27 @@ def _export(
             do_constant_folding=True,
             dynamo=False,
         )
-        model = onnx.load(str(tmp))
+        traced = onnx.load(str(tmp))
         if optimize:
-            model = passes.fold_static_shapes(model)
-        if fuse_attention:
-            model = passes.fuse_attention(model)
-        if precision == "fp16":
-            model = passes.to_fp16(model)
-        _declare_shapes(model)
-        onnx.save(model, str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
+            traced = passes.fold_static_shapes(traced)
+        if fused_path is not None:
+            fused = passes.fuse_attention(onnx.ModelProto.FromString(traced.SerializeToString()))
+            with atomic_path(fused_path) as fused_tmp:
+                _finish(fused, fused_tmp, precision)
+        _finish(traced, tmp, precision)
+
+
+def _finish(model, path: Path, precision: str) -> None:
+    """The last passes (FP16, the contract's shapes), then save and check."""
+    import onnx
+
+    from sam2_triton import optimize as passes
+
+    if precision == "fp16":
+        model = passes.to_fp16(model)
+    _declare_shapes(model)
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def _declare_shapes(model) -> None:
@@ -501,9 +518,10 @@ def export_encoder(
     ``precision`` is ``"fp32"`` or ``"fp16"`` (FP16 weights and compute, FP32 I/O).
     ``optimize=False`` writes the graph as traced, without the constant position embedding
     and the shape folding (the graph before those passes, for comparisons).
-    ``fuse_attention=True`` rewrites attention to ONNX Runtime's ``MultiHeadAttention``
-    (:func:`sam2_triton.optimize.fuse_attention`): for ONNX Runtime's CUDA/CPU providers,
-    not for TensorRT.
+    ``fuse_attention=True`` also writes :data:`CUDA_MODEL_FILENAME` beside ``path``: the same
+    graph with attention rewritten to ONNX Runtime's ``MultiHeadAttention``
+    (:func:`sam2_triton.optimize.fuse_attention`), faster on ONNX Runtime's CUDA EP. ``path``
+    itself keeps standard ONNX operators only, which TensorRT's parser takes whole.
     """
     import torch
 
@@ -521,7 +539,7 @@ def export_encoder(
         axes,
         precision,
         optimize,
-        fuse_attention,
+        path.with_name(CUDA_MODEL_FILENAME) if fuse_attention else None,
     )
     return path
 

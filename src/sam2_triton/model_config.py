@@ -32,6 +32,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sam2_triton.export import (
+    CUDA_MODEL_FILENAME,
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     ENCODER_INPUTS,
@@ -279,7 +280,14 @@ def encoder_config(params: RepositoryParams) -> mc.ModelConfig:
             _dims(s.max_batch_size, "image"),
         )
     }
-    return _onnx_model_config(ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, s, params, profile)
+    config = _onnx_model_config(ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, s, params, profile)
+    if params.device == "gpu":
+        # TensorRT (NVIDIA's backend in the NGC image) builds its engine from model.onnx,
+        # standard operators only. Where ONNX Runtime's CUDA EP runs the encoder instead (the
+        # embedded server's backend, sam2_session), the export's fused graph is faster;
+        # NVIDIA's backend ignores this key.
+        config.parameters["cuda_model_filename"].string_value = CUDA_MODEL_FILENAME
+    return config
 
 
 def decoder_config(params: RepositoryParams) -> mc.ModelConfig:

@@ -105,6 +105,7 @@ def params_from_args(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     from sam2_triton import model_config as mc
+    from sam2_triton.export import CUDA_MODEL_FILENAME
 
     args = build_parser().parse_args(argv)
     gpu, cpu = params_from_args(args)
@@ -122,11 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not onnx.is_file():
             print(f"note: {onnx} not exported yet; configs not checked against it")
             continue
+        graphs = [onnx, onnx.with_name(CUDA_MODEL_FILENAME)]  # the fused one, if exported
         for config_path in [args.repository / model / "config.pbtxt"] + sorted(
             (args.repository / model / "configs").glob("*.pbtxt")
         ):
-            for problem in mc.check_config_against_onnx(mc.read_config(config_path), onnx):
-                problems.append(f"{config_path}: {problem}")
+            for graph in (g for g in graphs if g.is_file()):
+                config = mc.read_config(config_path)
+                for problem in mc.check_config_against_onnx(config, graph):
+                    problems.append(f"{config_path} vs {graph.name}: {problem}")
     if problems:
         raise UserError(f"{len(problems)} config mismatch(es), first: {problems[0]}")
     return 0

@@ -58,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fuse-attention",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="rewrite the image encoder's attention, LayerNorm and GELU to ONNX Runtime's "
-        "fused contrib ops (flash attention on the CUDA EP). Default: on with --precision "
-        "fp16 (the ONNX Runtime CUDA path), off with fp32 (the TensorRT path: TensorRT "
-        "does not run those ops)",
+        help="also write sam2_encoder/1/model.cuda.onnx: the encoder with its attention, "
+        "LayerNorm and GELU rewritten to ONNX Runtime's fused contrib ops (flash attention on "
+        "the CUDA EP), which the embedded server's GPU instances and sam2_session run; "
+        "model.onnx keeps standard operators for TensorRT. Default: on with --precision fp16",
     )
     p.add_argument(
         "--no-configs",

@@ -255,6 +255,12 @@ class TritonPythonModel:
         kind = args.get("model_instance_kind", "CPU")
         device_id = int(args.get("model_instance_device_id", 0) or 0)
         providers = choose_providers(self.config, kind, device_id, log)
+        # Without TensorRT, the CUDA EP runs the export's fused graph where there is one
+        # (``cuda_model_filename``: the encoder's model.cuda.onnx); TensorRT needs model.onnx.
+        fused = version_dir / _param(self.config, "cuda_model_filename", "")
+        uses_trt = any(isinstance(p, tuple) and p[0].startswith("Tensorrt") for p in providers)
+        if kind == "GPU" and not uses_trt and fused != version_dir and fused.is_file():
+            path = fused
         options = ort.SessionOptions()
         if kind != "GPU":
             # ONNX Runtime's CPU arena keeps the largest batch's working set for good (5.8 GB
@@ -272,7 +278,7 @@ class TritonPythonModel:
             ) from None
         self.runner = make_runner(self.session, kind, device_id, self.config, log)
         log(
-            f"{self.name}: ONNX Runtime {ort.__version__} on "
+            f"{self.name}: {path.name} on ONNX Runtime {ort.__version__} on "
             f"{', '.join(self.session.get_providers())} ({kind} instance {device_id}, "
             f"{self.runner.description})"
         )

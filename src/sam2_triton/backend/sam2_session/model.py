@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from sam2_triton.export import CUDA_MODEL_FILENAME
 from sam2_triton.sessions.image import (
     OUTPUTS,
     ImageSession,
@@ -72,6 +73,10 @@ class TritonPythonModel:
         ]
         kind = args.get("model_instance_kind", "CPU")
         device_id = int(args.get("model_instance_device_id", 0) or 0)
+        # On a GPU, the encoder's graph with ONNX Runtime's fused attention, where exported.
+        fused = graphs[0].with_name(CUDA_MODEL_FILENAME)
+        if kind == "GPU" and fused.is_file():
+            graphs[0] = fused
         log = pb_utils.Logger
         try:
             device = torch_device(kind, device_id)
@@ -97,7 +102,8 @@ class TritonPythonModel:
         }
         log.log_info(
             f"{self.name}: {kind} instance {device_id} on {device} "
-            f"({', '.join(self.engine.decoder.providers)}); at most {limits.max_sessions} "
+            f"({', '.join(self.engine.decoder.providers)}; {graphs[0].name} for the encoder); "
+            f"at most {limits.max_sessions} "
             f"sessions of {ImageSession.nbytes() / 2**20:.2f} MiB, idle timeout "
             f"{limits.idle_timeout_s:g} s"
         )
