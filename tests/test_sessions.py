@@ -36,6 +36,7 @@ from test_client_pipeline import (
 )
 
 from sam2_triton.client import Sam2Client, SessionLost, UserError
+from sam2_triton.client.outputs import rle_to_mask
 from sam2_triton.files import write_text_atomic
 from sam2_triton.model_config import SESSION, SESSION_HEADER
 
@@ -131,8 +132,10 @@ def test_engine_equals_predictor_over_a_session(engine, reference, photos):
         assert not isinstance(answer, Exception), answer
         assert answer.image_size == image.shape[:2]
         assert_same(answer.masks.astype(bool), answer.iou_predictions, answer.low_res_masks, ref)
+        best = answer.masks[np.argmax(answer.iou_predictions)] == 1
         png = np.asarray(Image.open(io.BytesIO(answer.mask_png)))
-        assert np.array_equal(png == 255, answer.masks[np.argmax(answer.iou_predictions)] == 1)
+        assert np.array_equal(png == 255, best)
+        assert np.array_equal(rle_to_mask(answer.mask_rle, image.shape[:2]), best)
 
 
 def test_engine_batches_prompts_of_several_sessions(engine, photos):
@@ -185,7 +188,7 @@ def session_steps(client: Sam2Client, image: np.ndarray, data: bytes) -> list:
                 **PROMPT_CASES[case].pixels(image.shape[:2]),
                 multimask=multimask,
                 use_previous_mask=refine,
-                outputs=("masks", "iou_predictions", "low_res_masks", "mask_png"),
+                outputs=("masks", "iou_predictions", "low_res_masks", "mask_png", "mask_rle"),
             )
             out.append(pred)
     return out
@@ -214,6 +217,8 @@ def test_session_equals_predictor(triton_server, reference, photos, protocol, ph
         assert_same(pred.masks, pred.iou_predictions, pred.low_res_logits, ref)
         png = np.asarray(Image.open(io.BytesIO(pred.mask_png)))
         assert png.shape == image.shape[:2] and np.array_equal(png == 255, pred.best_mask)
+        rle_only = dataclasses.replace(pred, masks=None)  # the same mask from its run lengths
+        assert np.array_equal(rle_only.best_mask, pred.best_mask)
     # One request per step plus the closing one: the image travelled with the first click.
     assert session_count(triton_server)[0] - before == len(STEPS) + 1
 

@@ -416,6 +416,7 @@ def session_config(params: RepositoryParams) -> mc.ModelConfig:
         ("iou_predictions", mc.TYPE_FP32, [-1]),
         ("low_res_masks", mc.TYPE_FP32, [-1, *TENSOR_SHAPES["masks"][1:]]),
         ("mask_png", mc.TYPE_UINT8, [-1]),
+        ("mask_rle", mc.TYPE_INT32, [-1]),
         ("image_size", mc.TYPE_INT32, [2]),
     ]
     control = mc.ModelSequenceBatching.Control

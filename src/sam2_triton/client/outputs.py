@@ -23,6 +23,18 @@ BACKGROUND_COLOUR = (230, 0, 0)
 BOX_COLOUR = (255, 215, 0)
 
 
+def rle_to_mask(rle: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The ``[H, W]`` bool mask of COCO run lengths (``sam2_session``'s ``mask_rle``):
+    alternating runs of 0s and 1s, starting with 0s, over the pixels in column-major order."""
+    h, w = int(hw[0]), int(hw[1])
+    rle = np.asarray(rle, np.int64)
+    if rle.sum() != h * w:
+        raise UserError(f"run lengths cover {int(rle.sum())} pixels, not {h}x{w}")
+    values = np.zeros(len(rle), bool)
+    values[1::2] = True
+    return np.repeat(values, rle).reshape(w, h).T
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a ``[H, W]`` uint8 gray or ``[H, W, 3]`` uint8 RGB image."""
     import cv2

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sam2_triton.client.images import as_rgb, image_size
-from sam2_triton.client.outputs import encode_png
+from sam2_triton.client.outputs import encode_png, rle_to_mask
 from sam2_triton.client.prompts import Prompt, make_prompt
 from sam2_triton.client.triton import SessionLost
 from sam2_triton.model_config import MAX_POINTS, SESSION
@@ -80,16 +80,18 @@ class SessionPrediction:
     """Masks for one prompt, as the server computed them (original frame).
 
     ``masks`` ``[M, H, W]`` bool (M = 3 with multimask, else 1), ``iou_predictions`` ``[M]``;
-    ``low_res_logits`` ``[M, 256, 256]`` (clamped, as Meta's predictor returns them) and
-    ``mask_png`` (the best mask as a PNG file) when asked for. ``round_trip_seconds`` is the
-    request's time, client to client.
+    ``low_res_logits`` ``[M, 256, 256]`` (clamped, as Meta's predictor returns them),
+    ``mask_png`` (the best mask as a PNG file) and ``mask_rle`` (the best mask's COCO run
+    lengths) when asked for. ``round_trip_seconds`` is the request's time, client to client.
     """
 
     masks: np.ndarray | None
     iou_predictions: np.ndarray
     prompt: Prompt
+    image_size: tuple[int, int] = (0, 0)
     low_res_logits: np.ndarray | None = None
     mask_png: bytes | None = None
+    mask_rle: np.ndarray | None = None
     round_trip_seconds: float = 0.0
     restarted: bool = False
 
@@ -100,10 +102,12 @@ class SessionPrediction:
 
     @property
     def best_mask(self) -> np.ndarray:
-        """``[H, W]`` bool: the highest-IoU mask."""
-        if self.masks is None:
-            raise UserError("this prediction did not ask for masks")
-        return self.masks[self.best_index]
+        """``[H, W]`` bool: the highest-IoU mask (from ``masks``, or ``mask_rle``)."""
+        if self.masks is not None:
+            return self.masks[self.best_index]
+        if self.mask_rle is not None:
+            return rle_to_mask(self.mask_rle, self.image_size)
+        raise UserError("this prediction asked for neither masks nor mask_rle")
 
     @property
     def areas(self) -> list[int]:
@@ -163,7 +167,8 @@ class Sam2Session:
         refines with the best mask of the previous prediction, which the server kept;
         ``mask_input`` sends low-res logits instead (``[256, 256]``, e.g. an earlier
         ``low_res_logits[i]``). ``outputs``: any of ``masks``, ``iou_predictions``,
-        ``low_res_masks``, ``mask_png`` (``iou_predictions`` is always asked for).
+        ``low_res_masks``, ``mask_png``, ``mask_rle`` (``iou_predictions`` is always asked
+        for; ``mask_rle`` alone is the lightest answer for interactive use).
         """
         if use_previous_mask and mask_input is not None:
             raise UserError("give either use_previous_mask or mask_input, not both")
@@ -191,8 +196,10 @@ class Sam2Session:
             masks=answer["masks"].astype(bool) if "masks" in answer else None,
             iou_predictions=np.asarray(answer["iou_predictions"], np.float32),
             prompt=prompt,
+            image_size=self.image_size,
             low_res_logits=answer.get("low_res_masks"),
             mask_png=None if png is None else png.tobytes(),
+            mask_rle=answer.get("mask_rle"),
             round_trip_seconds=time.perf_counter() - t0,
             restarted=self.restarts > restarts,
         )

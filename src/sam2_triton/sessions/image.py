@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The outputs a session request may ask for (the wire contract).
-OUTPUTS = ("masks", "iou_predictions", "low_res_masks", "mask_png", "image_size")
+OUTPUTS = ("masks", "iou_predictions", "low_res_masks", "mask_png", "mask_rle", "image_size")
 
 
 class RequestError(ValueError):
@@ -111,7 +111,8 @@ class SessionAnswer:
 
     ``masks`` ``[M, H, W]`` uint8 0/1 at the original size (M = 3 with multimask, 1 without,
     0 for a request without a prompt), ``iou_predictions`` ``[M]``, ``low_res_masks``
-    ``[M, 256, 256]`` clamped logits, ``mask_png`` the highest-IoU mask as PNG bytes (0/255).
+    ``[M, 256, 256]`` clamped logits, ``mask_png`` the highest-IoU mask as PNG bytes (0/255),
+    ``mask_rle`` the same mask as run lengths (:func:`mask_to_rle`).
     """
 
     image_size: tuple[int, int]
@@ -119,6 +120,7 @@ class SessionAnswer:
     iou_predictions: np.ndarray | None = None
     low_res_masks: np.ndarray | None = None
     mask_png: bytes | None = None
+    mask_rle: np.ndarray | None = None
 
 
 @dataclass
@@ -134,6 +136,29 @@ class ImageSession:
         """Bytes a session holds at most: the features plus one mask's low-res logits."""
         floats = sum(int(np.prod(TENSOR_SHAPES[n])) for n in ENCODER_OUTPUTS)
         return 4 * (floats + LOW_RES_MASK_SIZE * LOW_RES_MASK_SIZE)
+
+
+def mask_to_rle(mask: "torch.Tensor") -> np.ndarray:
+    """COCO's uncompressed run-length encoding of an ``[H, W]`` bool mask: the lengths of
+    alternating runs of 0s and 1s over the pixels in column-major order (down each column,
+    then the next), starting with a run of 0s (0 long when the first pixel is set), int32.
+    ``pycocotools.mask.frPyObjects({"counts": list(rle), "size": [H, W]}, H, W)`` decodes it;
+    :func:`sam2_triton.client.outputs.rle_to_mask` does too."""
+    import torch
+
+    flat = mask.t().reshape(-1)
+    change = torch.nonzero(flat[1:] != flat[:-1]).flatten() + 1
+    edges = torch.cat(
+        [
+            torch.zeros(1, dtype=change.dtype, device=change.device),
+            change,
+            torch.full((1,), flat.numel(), dtype=change.dtype, device=change.device),
+        ]
+    )
+    runs = torch.diff(edges).to(torch.int32).cpu().numpy()
+    if flat.numel() and bool(flat[0]):
+        runs = np.concatenate([np.zeros(1, np.int32), runs])
+    return runs
 
 
 def missing_session_message(session_id: Hashable, why: str | None) -> str:
@@ -391,16 +416,20 @@ class ImageSessionEngine:
         best = int(torch.argmax(iou))
         d.session.previous_logits = clamped[best : best + 1][None].clone()
         answer = SessionAnswer(image_size=d.session.orig_hw)
-        if "masks" in wanted or "mask_png" in wanted:
+        if wanted & {"masks", "mask_png", "mask_rle"}:
             # As the predictor: upsample the unclamped logits, then threshold at 0.
             logits = F.interpolate(
                 low_res[None], d.session.orig_hw, mode="bilinear", align_corners=False
             )[0]
-            masks = (logits > 0).to(torch.uint8).cpu().numpy()
-            if "masks" in wanted:
-                answer.masks = masks
-            if "mask_png" in wanted:
-                answer.mask_png = encode_png(masks[best] * np.uint8(255))
+            on_device = logits > 0
+            if "mask_rle" in wanted:  # counted on the device: only the runs cross
+                answer.mask_rle = mask_to_rle(on_device[best])
+            if wanted & {"masks", "mask_png"}:
+                masks = on_device.to(torch.uint8).cpu().numpy()
+                if "masks" in wanted:
+                    answer.masks = masks
+                if "mask_png" in wanted:
+                    answer.mask_png = encode_png(masks[best] * np.uint8(255))
         if "iou_predictions" in wanted:
             answer.iou_predictions = iou.float().cpu().numpy()
         if "low_res_masks" in wanted:
@@ -425,6 +454,7 @@ class ImageSessionEngine:
             iou_predictions=np.zeros((0,), np.float32),
             low_res_masks=np.zeros((0, side, side), np.float32),
             mask_png=b"",
+            mask_rle=np.zeros((0,), np.int32),
         )
 
     def close(self) -> None:

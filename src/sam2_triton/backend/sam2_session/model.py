@@ -17,8 +17,9 @@ Wire contract (inputs all optional; Triton adds the batch dim of 1):
 ``box`` FP32 [4], ``multimask_output`` BOOL [1], ``use_previous_mask`` BOOL [1],
 ``mask_input`` FP32 [256, 256] (optional low-res logits instead of the previous mask) →
 ``masks`` UINT8 [-1, -1, -1], ``iou_predictions`` FP32 [-1], ``low_res_masks`` FP32
-[-1, 256, 256], ``mask_png`` UINT8 [-1], ``image_size`` INT32 [2]. A request gets only the
-outputs it asks for (all when it names none).
+[-1, 256, 256], ``mask_png`` UINT8 [-1], ``mask_rle`` INT32 [-1] (the best mask as COCO
+run lengths, column-major: a few hundred bytes where ``masks`` are H x W), ``image_size``
+INT32 [2]. A request gets only the outputs it asks for (all when it names none).
 """
 
 from __future__ import annotations
