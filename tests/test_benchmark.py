@@ -52,7 +52,18 @@ def test_quick_benchmark_against_embedded_triton(
         lat = r["latency_ms"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"], r
         assert r["throughput"] > 0 and r["calls"] >= 1, r
-    for r in triton:
+    sessions = [r for r in triton if r["model"].startswith("session")]
+    assert {(r["protocol"], r["model"]) for r in sessions} == {  # --quick: HTTP only
+        ("http", "session_start"),
+        ("http", "session_decode"),
+    }
+    for r in sessions:  # beside the session engine in process, on the same files
+        assert r["baseline"]["backend"] == "sam2_triton.sessions", r
+        assert r["ratio"]["p50_latency"] > 0
+        if r["model"] == "session_decode":
+            assert r["outputs"] in (["iou_predictions", "mask_rle"], ["iou_predictions", "masks"])
+            assert 0 < r["request_bytes"] <= 2048, r  # a click is a small request
+    for r in (r for r in triton if r not in sessions):
         base = r["baseline"]
         assert base["backend"] == "onnxruntime" and base["latency_ms_p50"] > 0, r
         ratio = r["latency_ms"]["p50"] / base["latency_ms_p50"]

@@ -29,7 +29,7 @@ from sam2_triton.models import MODEL_SIZES, UserError, get_model_size
 log = logging.getLogger("sam2_triton.bench")
 
 BACKENDS = ("onnxruntime", "pytorch", "triton")
-MODELS = ("encoder", "decoder", "interactive")
+MODELS = ("encoder", "decoder", "interactive", "sessions")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_choices(BACKENDS),
         help="default: onnxruntime,pytorch " "(+triton with --url/--grpc-url)",
     )
-    p.add_argument("--models", type=_choices(MODELS), help="default: encoder,decoder,interactive")
+    p.add_argument(
+        "--models", type=_choices(MODELS), help="default: encoder,decoder,interactive,sessions"
+    )
     p.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -98,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: fp32,fp16 " "(fp16 only where the model config declares it)",
     )
     p.add_argument("--concurrency", type=_ints, help="Triton clients (default 1,2,4,8)")
+    p.add_argument(
+        "--session-concurrency",
+        type=_ints,
+        help="users clicking on sam2_session at once, one session each (default 1,8,32)",
+    )
     p.add_argument("--triton-encoder-batches", type=_ints, help="images per request (default 1)")
     p.add_argument(
         "--triton-decoder-batches",
@@ -138,6 +145,7 @@ def config_from_args(args: argparse.Namespace):
         "shm": "shm",
         "wire_dtypes": "wire_dtypes",
         "concurrency": "concurrency",
+        "session_concurrency": "session_concurrency",
         "triton_encoder_batches": "triton_encoder_batches",
         "triton_decoder_batches": "triton_decoder_batches",
         "iterations": "iterations",

@@ -32,6 +32,11 @@ def _size(r: dict) -> str:
         return f"1 image, {r['batch']} × {r.get('points', '?')} pts"
     if r["model"] == "interactive":
         return f"1 + {r.get('clicks', '?')} clicks"
+    if r["model"] == "session_start":
+        return r.get("image", "1")
+    if r["model"] == "session_decode":
+        answer = "+".join(o for o in r.get("outputs", []) if o != "iou_predictions")
+        return f"1 click, {answer}, {r.get('request_bytes', '?')} B request"
     return str(r["batch"])
 
 

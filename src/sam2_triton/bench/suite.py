@@ -30,6 +30,8 @@ UNITS = {
     "decoder": "masks/s",
     "decoder_prompts": "masks/s",  # K prompt sets on one image per request
     "interactive": "sessions/s",
+    "session_start": "sessions/s",  # a new session on a JPEG file per call
+    "session_decode": "masks/s",  # a click on an open session per call
 }
 
 
@@ -45,7 +47,7 @@ class BenchConfig:
     fp16_repository: Path | None = None
     checkpoint: Path | None = None  # Meta-format checkpoint for the PyTorch baselines
     backends: tuple[str, ...] = ("onnxruntime", "pytorch")
-    models: tuple[str, ...] = ("encoder", "decoder", "interactive")
+    models: tuple[str, ...] = ("encoder", "decoder", "interactive", "sessions")
     device: str = "cuda"  # in-process backends
     io_binding: tuple[bool, ...] = (False, True)
     torch_precisions: tuple[str, ...] = ("fp32", "fp16")
@@ -55,6 +57,9 @@ class BenchConfig:
     clicks: int = 5
     ort_concurrency: tuple[int, ...] = (1,)
     concurrency: tuple[int, ...] = (1, 2, 4, 8)  # Triton clients
+    session_concurrency: tuple[int, ...] = (1, 8, 32)  # users clicking on their own session
+    session_protocols: tuple[str, ...] = ("http", "grpc")
+    session_image: tuple[int, int] = (1920, 1080)  # the JPEG a session starts from (W, H)
     triton_encoder_batches: tuple[int, ...] = (1,)
     triton_decoder_batches: tuple[int, ...] = (1, 8)
     http_url: str | None = None
@@ -82,6 +87,9 @@ class BenchConfig:
             decoder_batches=(1,),
             clicks=2,
             concurrency=(1,),
+            session_concurrency=(1,),
+            session_protocols=("http",),
+            session_image=(640, 480),
             triton_encoder_batches=(1,),
             triton_decoder_batches=(1, 4),
             shm=("none", "system"),
@@ -207,6 +215,8 @@ class Suite:
             n += per * ("interactive" in c.models)
             n += len(c.triton_encoder_batches) + len(c.triton_decoder_batches) + 1  # baselines
             n += prompt_batches
+            if "sessions" in c.models:  # a start and the decodes, two kinds of answer
+                n += len(c.session_protocols) * (1 + 2 * len(c.session_concurrency)) + 3
         return n
 
     def run(self) -> dict:
@@ -523,6 +533,93 @@ class Suite:
                         self.skip(f"triton {protocol} shm={shm}", f"{type(e).__name__}: {e}")
                     finally:
                         caller.close()
+        if "sessions" in c.models:
+            self.run_sessions(target, protocols, device)
+
+    def run_sessions(self, target, protocols: list[str], device: str) -> None:
+        """``sam2_session``: a session started from a JPEG file, and clicks (module
+        :mod:`sam2_triton.bench.sessions`), beside the engine in process."""
+        from sam2_triton.bench import sessions as bs
+        from sam2_triton.model_config import SESSION
+
+        c = self.config
+        try:
+            target.model_info(SESSION)
+        except Exception as e:  # noqa: BLE001 - a repository exported before sessions existed
+            self.skip("triton sessions", f"{SESSION} not served: {e}")
+            return
+        w, h = c.session_image
+        image = bs.photo_jpeg(w, h)
+        prompts = bs.clicks((h, w))
+        baselines = self._session_baselines(image, prompts, device)
+        common = dict(
+            config=c,
+            precision=self._served_precision(),
+            device=device,
+            batch=1,
+            image=f"{w}x{h} JPEG, {len(image)} bytes",
+        )
+        for protocol in (p for p in protocols if p in c.session_protocols):
+            caller = bs.SessionCaller(target, protocol, image)
+            try:
+                cases = [("session_start", None, caller.start(), 1)]
+                for outputs in (bs.RLE_OUTPUTS, bs.FULL_OUTPUTS):
+                    for conc in c.session_concurrency:
+                        cases.append(
+                            ("session_decode", outputs, caller.decode(prompts, outputs), conc)
+                        )
+                for model, outputs, make, conc in cases:
+                    self._describe(f"triton {protocol} {model} {outputs or ''} c{conc}")
+                    stats = self._measure(make, 1, conc)
+                    extra = {"protocol": protocol, "shared_memory": "none", "wire_dtype": "fp32"}
+                    if outputs is not None:
+                        extra["outputs"] = list(outputs)
+                        extra["request_bytes"] = max(
+                            bs.request_bytes(p, outputs, 2**53 - 1) for p in prompts
+                        )
+                    result = record("triton", model, stats, concurrency=conc, **extra, **common)
+                    base = baselines.get((model, outputs))
+                    result["baseline"] = base
+                    result["ratio"] = (
+                        None
+                        if base is None
+                        else {
+                            "p50_latency": round(stats.p50 / base["latency_ms_p50"], 3),
+                            "throughput": round(stats.throughput / base["throughput"], 3),
+                        }
+                    )
+                    self.results.append(result)
+            except Exception as e:  # noqa: BLE001 - report what failed, keep the rest
+                self.skip(f"triton {protocol} sessions", f"{type(e).__name__}: {e}")
+            finally:
+                caller.close()
+
+    def _session_baselines(self, image: bytes, prompts: list, device: str) -> dict:
+        """The session engine in process, concurrency 1, on the served files and device."""
+        from sam2_triton.bench import sessions as bs
+
+        repository = self.config.repository
+        if repository is None:
+            self.skip("session baselines", "no --repository with the served ONNX files")
+            return {}
+        try:
+            engine = bs.InProcessSessions(repository, device)
+        except Exception as e:  # noqa: BLE001 - e.g. no torch with CUDA here
+            self.skip("session baselines", f"{type(e).__name__}: {e}")
+            return {}
+        out: dict = {}
+        try:
+            self._describe("in-process session_start")
+            out[("session_start", None)] = self._baseline(
+                engine.start(image), 1, device, "session_start"
+            )
+            for outputs in (bs.RLE_OUTPUTS, bs.FULL_OUTPUTS):
+                self._describe(f"in-process session_decode {outputs}")
+                make = engine.decode(image, prompts, outputs)
+                out[("session_decode", outputs)] = self._baseline(make, 1, device, "session_decode")
+        finally:
+            engine.close()
+        return out
 
     def _triton_cases(self, caller, info, device, wire, baselines) -> None:
         from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER
@@ -637,7 +734,7 @@ class Suite:
     def _baseline(self, make, batch: int, device: str, model: str) -> dict:
         stats = self._measure(make, batch)
         return {
-            "backend": "onnxruntime",
+            "backend": "sam2_triton.sessions" if model.startswith("session") else "onnxruntime",
             "device": device,
             "io_binding": False,
             "concurrency": 1,

@@ -1,0 +1,257 @@
+"""Sessions through Triton (``sam2_session``): the start from an image file, then clicks.
+
+What the sessions issue asks to be measured, on the served model and in process:
+
+* ``session_start``: one request that carries a JPEG file (1920x1080 by default) and starts
+  a session, ends it too (``sequence_start`` and ``sequence_end``), so every call is a new
+  image: the server decodes, preprocesses and encodes it. Items/s: sessions started per s.
+* ``session_decode``: clicks on sessions that are already open, one session per client
+  worker; each request carries only its prompt. At concurrency 1 the latency is a click's,
+  client to client; at 32 the throughput is the masks/s of 32 users clicking. The answer
+  holds the IoU and the mask as run lengths (``mask_rle``) or, as a second case, as the full
+  H x W ``masks``.
+
+Each result records the request's size on the wire (HTTP body, JSON part included) and the
+in-process baseline: the same :class:`~sam2_triton.sessions.image.ImageSessionEngine` on the
+same device and ONNX files, called directly (no Triton, no network), for the served/in-process
+ratio.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from sam2_triton.client.session import new_session_id
+from sam2_triton.client.triton import SESSION_INPUT_TYPES
+from sam2_triton.model_config import SESSION, SESSION_HEADER
+
+#: Answers of a decode: what an interactive client draws.
+RLE_OUTPUTS = ("iou_predictions", "mask_rle")
+FULL_OUTPUTS = ("iou_predictions", "masks")
+
+
+def photo_jpeg(width: int = 1920, height: int = 1080, quality: int = 90) -> bytes:
+    """A JPEG file of a real photo (scikit-image's ``coffee``) resized to ``width`` x
+    ``height``: what a user uploads."""
+    from PIL import Image
+    from skimage import data
+
+    image = Image.fromarray(data.coffee()).resize((width, height), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def clicks(hw: tuple[int, int], count: int = 8) -> list[dict[str, np.ndarray]]:
+    """``count`` prompts of one or two points spread over an image of ``hw``."""
+    h, w = hw
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        points = rng.uniform([0.1 * w, 0.1 * h], [0.9 * w, 0.9 * h], size=(1 + i % 2, 2))
+        out.append(
+            {
+                "point_coords": points.astype(np.float32),
+                "point_labels": np.array([1, 0][: len(points)], np.int32),
+            }
+        )
+    return out
+
+
+def _tensors(module, protocol: str, inputs: dict[str, np.ndarray]) -> list:
+    tensors = []
+    for name, value in inputs.items():
+        value = np.ascontiguousarray(value, SESSION_INPUT_TYPES[name][1])[None]
+        t = module.InferInput(name, list(value.shape), SESSION_INPUT_TYPES[name][0])
+        if protocol == "http":
+            t.set_data_from_numpy(value, binary_data=True)
+        else:
+            t.set_data_from_numpy(value)
+        tensors.append(t)
+    return tensors
+
+
+def _outputs(module, protocol: str, names: Sequence[str]) -> list:
+    if protocol == "http":
+        return [module.InferRequestedOutput(n, binary_data=True) for n in names]
+    return [module.InferRequestedOutput(n) for n in names]
+
+
+def request_bytes(inputs: dict[str, np.ndarray], outputs: Sequence[str], session_id: int) -> int:
+    """Bytes of the HTTP request body tritonclient sends for one decode (JSON part and
+    binary tensors), plus the affinity header line: what crosses the wire per click."""
+    import tritonclient.http as httpclient
+
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        _tensors(httpclient, "http", inputs),
+        outputs=_outputs(httpclient, "http", outputs),
+        sequence_id=session_id,
+    )
+    del json_size
+    return len(body) + len(f"{SESSION_HEADER}: {session_id}\r\n")
+
+
+class SessionCaller:
+    """``make_call`` factories (for :func:`~sam2_triton.bench.stats.closed_loop`) of
+    session requests to a running server, one client per worker."""
+
+    def __init__(self, target, protocol: str, image: bytes) -> None:
+        self.target = target
+        self.protocol = protocol
+        self.image = np.frombuffer(image, np.uint8)
+        self.module = target.module(protocol)
+        self._clients: list = []
+        self._sessions: dict[int, int] = {}  # worker -> its open session, reused by cases
+
+    def _client(self):
+        client = self.target.client(self.protocol)
+        self._clients.append(client)
+        return client
+
+    def _infer(self, client, inputs: dict, outputs: Sequence[str], session_id: int, **flags):
+        header = SESSION_HEADER if self.protocol == "http" else SESSION_HEADER.lower()
+        return client.infer(
+            SESSION,
+            _tensors(self.module, self.protocol, inputs),
+            outputs=_outputs(self.module, self.protocol, outputs),
+            sequence_id=session_id,
+            headers={header: str(session_id)},
+            **flags,
+        )
+
+    def start(self) -> Callable[[int], Callable[[int], object]]:
+        """Each call: a new session on the image (start and end in one request)."""
+
+        def make(_worker: int):
+            client = self._client()
+
+            def call(_i: int):
+                return self._infer(
+                    client,
+                    {"image_bytes": self.image},
+                    ("image_size",),
+                    new_session_id(),
+                    sequence_start=True,
+                    sequence_end=True,
+                )
+
+            return call
+
+        return make
+
+    def decode(
+        self, prompts: list[dict[str, np.ndarray]], outputs: Sequence[str]
+    ) -> Callable[[int], Callable[[int], object]]:
+        """Each worker opens a session (untimed), then each call is one click on it."""
+
+        def make(_worker: int):
+            client = self._client()
+            session_id = new_session_id()
+            self._infer(
+                client,
+                {"image_bytes": self.image},
+                ("image_size",),
+                session_id,
+                sequence_start=True,
+            )
+
+            def call(i: int):
+                return self._infer(client, prompts[i % len(prompts)], outputs, session_id)
+
+            return call
+
+        return make
+
+    def close(self) -> None:
+        """End the open sessions and close the clients."""
+        if self._sessions:
+            client = self._client()
+            for session_id in self._sessions.values():
+                self._infer(client, {}, ("image_size",), session_id, sequence_end=True)
+            self._sessions.clear()
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+
+class InProcessSessions:
+    """The baseline: :class:`ImageSessionEngine` called directly, on the files and device the
+    server uses (the encoder's fused graph on a GPU, as the server loads it)."""
+
+    def __init__(self, repository, device: str) -> None:
+        import torch
+
+        from sam2_triton.export import CUDA_MODEL_FILENAME
+        from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
+
+        encoder = repository / "sam2_encoder" / "1" / "model.onnx"
+        if device == "cuda" and encoder.with_name(CUDA_MODEL_FILENAME).is_file():
+            encoder = encoder.with_name(CUDA_MODEL_FILENAME)
+        self.engine = ImageSessionEngine(
+            encoder,
+            repository / "sam2_decoder" / "1" / "model.onnx",
+            torch.device(device),
+            SessionLimits(max_sessions=64),
+        )
+        self._ids = itertools.count(1)
+        self._session: int | None = None  # one open session, shared by the decode cases
+
+    def start(self, image: bytes) -> Callable[[int], Callable[[int], object]]:
+        from sam2_triton.sessions.image import SessionRequest
+
+        def make(_worker: int):
+            def call(_i: int):
+                key = next(self._ids)
+                (answer,) = self.engine.execute(
+                    [
+                        SessionRequest(
+                            key,
+                            start=True,
+                            end=True,
+                            image_bytes=image,
+                            outputs=frozenset({"image_size"}),
+                        )
+                    ]
+                )
+                return answer
+
+            return call
+
+        return make
+
+    def decode(
+        self, image: bytes, prompts: list[dict[str, np.ndarray]], outputs: Sequence[str]
+    ) -> Callable[[int], Callable[[int], object]]:
+        from sam2_triton.sessions.image import SessionRequest
+
+        def make(_worker: int):
+            if self._session is None:
+                self._session = next(self._ids)
+                self.engine.execute([SessionRequest(self._session, start=True, image_bytes=image)])
+            key = self._session
+            requests = [
+                SessionRequest(
+                    key,
+                    points=p["point_coords"],
+                    labels=p["point_labels"],
+                    outputs=frozenset(outputs),
+                )
+                for p in prompts
+            ]
+
+            def call(i: int):
+                (answer,) = self.engine.execute([requests[i % len(requests)]])
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+
+            return call
+
+        return make
+
+    def close(self) -> None:
+        self.engine.close()
