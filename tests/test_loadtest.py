@@ -31,6 +31,28 @@ def test_short_load_run_has_no_errors_and_identical_answers(triton_server, tmp_p
         assert f"| {op} |" in proc.stdout
 
 
+def test_sessions_mode_has_no_errors_and_identical_answers(triton_server, tmp_path):
+    """Users opening sessions on sam2_session and clicking, interleaved; every click equals
+    the same prompt answered in a session of its own."""
+    out = tmp_path / "load.json"
+    proc = run_script(
+        "loadtest.py",
+        *("--url", triton_server.grpc_url, "--protocol", "grpc", "--mode", "sessions"),
+        *("--clients", 8, "--duration", 8, "--decodes", 3, "--json", out),
+        check=False,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(out.read_text())
+    assert summary["errors"] == 0 and summary["mismatches"] == 0
+    assert summary["sessions"] >= 8
+    assert summary["session_start"]["count"] == summary["sessions"]
+    assert summary["click"]["count"] == 2 * summary["sessions"]
+    assert summary["encode"]["count"] == 0  # the stateless models were not used
+    for op in ("session_start", "click"):
+        assert f"| {op} |" in proc.stdout
+
+
 def test_a_differing_answer_fails_the_run(triton_server, monkeypatch):
     real = loadtest.reference_answers
 

@@ -1,12 +1,14 @@
 """Load test: many concurrent interactive sessions against a running sam2-triton server.
 
-Each simulated user repeats an interactive session: encode an image (the client cache is
-off, so every session really hits the encoder), then decode several prompts against that
-embedding one at a time, then all its single-mask prompts at once with ``decode_batch``
-(those of equal point count share one ``sam2_decoder_prompts`` request). Every answer is
-compared with the same prompt decoded alone before the load started; a single error or
-differing mask fails the run. The run is bounded in time and in
-request count, and by default refuses any server that is not on this machine.
+Two modes. ``stateless``: each simulated user repeats an interactive session on the stateless
+models: encode an image (the client cache is off, so every session really hits the encoder),
+then decode several prompts against that embedding one at a time, then all its single-mask
+prompts at once with ``decode_batch`` (those of equal point count share one
+``sam2_decoder_prompts`` request). ``sessions``: each user repeatedly opens a session on
+``sam2_session`` with an image file (the first click travels with it) and clicks, then ends
+it. Every answer is compared with the same prompt answered alone before the load started; a
+single error or differing mask fails the run. The run is bounded in time and in request
+count, and by default refuses any server that is not on this machine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sam2_triton.client import Sam2Client, UserError
+from sam2_triton.model_config import SESSION
 
 #: Prompts of each session, as fractions of the image's width and height.
 SESSION_PROMPTS: tuple[dict, ...] = (
@@ -74,6 +77,9 @@ class Stats:
     encode: list[float] = field(default_factory=list)
     decode: list[float] = field(default_factory=list)
     decode_batch: list[float] = field(default_factory=list)
+    #: sessions mode: the first request (image + click), and the clicks after it.
+    session_start: list[float] = field(default_factory=list)
+    click: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     sessions: int = 0
@@ -93,16 +99,15 @@ class Stats:
                 "per_s": round(len(values) / wall_s, 2),
             }
 
+        ops = ("encode", "decode", "decode_batch", "session_start", "click")
         return {
             "clients": clients,
             "wall_s": round(wall_s, 2),
             "sessions": self.sessions,
-            "calls": len(self.encode) + len(self.decode) + len(self.decode_batch),
+            "calls": sum(len(getattr(self, op)) for op in ops),
             "errors": len(self.errors),
             "mismatches": len(self.mismatches),
-            "encode": pct(self.encode),
-            "decode": pct(self.decode),
-            "decode_batch": pct(self.decode_batch),
+            **{op: pct(getattr(self, op)) for op in ops},
             "first_errors": self.errors[:5],
             "first_mismatches": self.mismatches[:5],
         }
@@ -192,6 +197,68 @@ def _user(
             session += 1
 
 
+#: What a session click asks for in the sessions mode: enough to compare with the reference.
+SESSION_OUTPUTS = ("iou_predictions", "low_res_masks")
+
+
+def session_reference_answers(
+    client: Sam2Client, files: Sequence[bytes]
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Low-res logits and IoU of every (image file, prompt), one session per image, before
+    any load (no prompt refines another, so each answer is the prompt's alone)."""
+    refs = []
+    for data in files:
+        with client.session(data) as session:
+            answers = []
+            for prompt in SESSION_PROMPTS:
+                pred = session.predict(
+                    **_scaled(prompt, session.image_size), outputs=SESSION_OUTPUTS
+                )
+                answers.append((pred.low_res_logits, pred.iou_predictions))
+        refs.append(answers)
+    return refs
+
+
+def _session_user(
+    index: int,
+    url: str,
+    protocol: str,
+    files: Sequence[bytes],
+    refs,
+    decodes: int,
+    deadline: float,
+    max_sessions: int,
+    stats: Stats,
+) -> None:
+    with Sam2Client(url, protocol) as client:
+        session_index = 0
+        while time.monotonic() < deadline and session_index < max_sessions:
+            which = (index + session_index) % len(files)
+            try:
+                with client.session(files[which]) as session:
+                    for k in range(decodes):
+                        p = (index + session_index + k) % len(SESSION_PROMPTS)
+                        t0 = time.perf_counter()
+                        pred = session.predict(
+                            **_scaled(SESSION_PROMPTS[p], session.image_size),
+                            outputs=SESSION_OUTPUTS,
+                        )
+                        elapsed = time.perf_counter() - t0
+                        problem = _differs(pred, refs[which][p])
+                        with stats.lock:
+                            (stats.click if k else stats.session_start).append(elapsed)
+                            if problem:
+                                stats.mismatches.append(
+                                    f"client {index} image {which} prompt {p}: {problem}"
+                                )
+                with stats.lock:
+                    stats.sessions += 1
+            except UserError as e:
+                with stats.lock:
+                    stats.errors.append(f"client {index}: {e}")
+            session_index += 1
+
+
 def run_load(
     url: str,
     images: Sequence[np.ndarray],
@@ -200,19 +267,34 @@ def run_load(
     duration_s: float = 60.0,
     decodes_per_session: int = 4,
     max_sessions_per_client: int = 1000,
+    mode: str = "stateless",
 ) -> dict:
-    """Run the load test and return its summary (see :meth:`Stats.summary`)."""
+    """Run the load test and return its summary (see :meth:`Stats.summary`). ``mode``:
+    ``"stateless"`` (encoder + decoders) or ``"sessions"`` (``sam2_session``)."""
     if clients < 1 or duration_s <= 0 or decodes_per_session < 1:
         raise UserError("clients and decodes must be ≥ 1 and the duration > 0")
+    if mode not in ("stateless", "sessions"):
+        raise UserError(f"mode must be stateless or sessions, not {mode!r}")
+    if mode == "sessions":
+        from sam2_triton.client.outputs import encode_png
+
+        images = [encode_png(image) for image in images]  # the files users send
+        user = _session_user
+    else:
+        user = _user
     with Sam2Client(url, protocol) as probe:
-        probe.wait_until_ready(timeout=30)
-        refs = reference_answers(probe, images)
+        if mode == "sessions":
+            probe.wait_until_ready(timeout=30, models=(SESSION,))
+            refs = session_reference_answers(probe, images)
+        else:
+            probe.wait_until_ready(timeout=30)
+            refs = reference_answers(probe, images)
     stats = Stats()
     start = time.monotonic()
     deadline = start + duration_s
     threads = [
         threading.Thread(
-            target=_user,
+            target=user,
             args=(
                 i,
                 url,
@@ -242,7 +324,7 @@ def format_summary(summary: dict) -> str:
         "| | count | per s | p50 ms | p90 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|---|",
     ]
-    for op in ("encode", "decode", "decode_batch"):
+    for op in ("encode", "decode", "decode_batch", "session_start", "click"):
         s = summary[op]
         if s["count"]:
             rows.append(

@@ -14,14 +14,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="loadtest.py",
         description="N concurrent clients each repeat: encode an image, decode several "
-        "prompts. Every answer must equal the same request made alone; any error or "
-        "difference makes the exit code 1. Bounded by --duration and --max-sessions.",
+        "prompts (--mode stateless), or open a session on sam2_session with an image file "
+        "and click several prompts (--mode sessions). Every answer must equal the same "
+        "request made alone; any error or difference makes the exit code 1. Bounded by "
+        "--duration and --max-sessions.",
     )
     p.add_argument("--url", default="localhost:8000", help="HOST:PORT (default %(default)s)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default %(default)s)")
-    p.add_argument("--decodes", type=int, default=4, help="decodes per encoded image")
+    p.add_argument(
+        "--mode",
+        choices=("stateless", "sessions"),
+        default="stateless",
+        help="the encoder and decoders, or sam2_session (default %(default)s)",
+    )
+    p.add_argument(
+        "--decodes", type=int, default=4, help="decodes (clicks) per image (default %(default)s)"
+    )
     p.add_argument("--max-sessions", type=int, default=1000, help="per client")
     p.add_argument(
         "--images", nargs="+", type=Path, help="images to use (default: scikit-image's photos)"
@@ -60,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration_s=args.duration,
         decodes_per_session=args.decodes,
         max_sessions_per_client=args.max_sessions,
+        mode=args.mode,
     )
     print(format_summary(summary), flush=True)
     if args.json:
