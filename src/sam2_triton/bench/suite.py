@@ -22,7 +22,7 @@ import numpy as np
 
 from sam2_triton.bench import inputs
 from sam2_triton.bench.stats import closed_loop, summarize
-from sam2_triton.export import DECODER_INPUTS
+from sam2_triton.export import CUDA_MODEL_FILENAME, DECODER_INPUTS
 
 SCHEMA = "sam2-triton-benchmark/1"
 UNITS = {
@@ -186,6 +186,11 @@ class Suite:
         if repo is None:
             return None
         path = Path(repo) / f"sam2_{model}" / "1" / "model.onnx"
+        # On a GPU, the graph ONNX Runtime's CUDA EP runs where one was exported (the
+        # encoder's fused attention), as the embedded server and sam2_session load it.
+        fused = path.with_name(CUDA_MODEL_FILENAME)
+        if self.config.device == "cuda" and fused.is_file():
+            return fused
         return path if path.is_file() else None
 
     # -- the run ------------------------------------------------------------------------

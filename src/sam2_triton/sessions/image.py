@@ -43,7 +43,7 @@ from sam2_triton.client.transforms import MASK_LOGIT_CLAMP, PIXEL_MEAN, PIXEL_ST
 from sam2_triton.export import DECODER_OUTPUTS, ENCODER_OUTPUTS, TENSOR_SHAPES
 from sam2_triton.model_config import MAX_POINTS
 from sam2_triton.models import IMAGE_SIZE, LOW_RES_MASK_SIZE, UserError
-from sam2_triton.sessions.runtime import TorchOrtSession
+from sam2_triton.sessions.runtime import CudaGraphOrtSession, TorchOrtSession
 from sam2_triton.sessions.store import SessionStore, StoreFull
 
 if TYPE_CHECKING:
@@ -201,6 +201,7 @@ class ImageSessionEngine:
         limits: SessionLimits = SessionLimits(),
         *,
         intra_op_threads: int = 0,
+        cuda_graphs: bool = False,
         on_drop: Callable[[Hashable, ImageSession, str], None] | None = None,
     ) -> None:
         import torch
@@ -208,7 +209,9 @@ class ImageSessionEngine:
         self.device = device
         self.limits = limits
         self.encoder = TorchOrtSession(encoder_path, device, intra_op_threads)
-        self.decoder = TorchOrtSession(decoder_path, device, intra_op_threads)
+        # The decoder's time at small batches is mostly kernel launches: CUDA graphs.
+        decoder = CudaGraphOrtSession if cuda_graphs and device.type == "cuda" else TorchOrtSession
+        self.decoder = decoder(decoder_path, device, intra_op_threads)
         self.store: SessionStore[ImageSession] = SessionStore(
             limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
         )

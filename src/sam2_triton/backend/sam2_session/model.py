@@ -86,6 +86,7 @@ class TritonPythonModel:
                 device,
                 limits,
                 intra_op_threads=int(_param(config, "intra_op_thread_count", "0")),
+                cuda_graphs=_param(config, "decoder_cuda_graphs", "true").lower() == "true",
                 on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
             )
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
@@ -101,6 +102,9 @@ class TritonPythonModel:
             "use_previous_mask": 1,
             "mask_input": 256 * 256,
         }
+        graphs_off = getattr(self.engine.decoder, "error", None)
+        if graphs_off:
+            log.log_warn(f"{self.name}: decoder without CUDA graphs: {graphs_off}")
         log.log_info(
             f"{self.name}: {kind} instance {device_id} on {device} "
             f"({', '.join(self.engine.decoder.providers)}; {graphs[0].name} for the encoder); "
