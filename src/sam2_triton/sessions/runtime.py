@@ -56,12 +56,10 @@ def providers_for(device: "torch.device") -> list:
             "this instance is KIND_GPU but the installed onnxruntime has no CUDA execution "
             "provider (install onnxruntime-gpu)"
         )
-    options = {
-        "device_id": device.index or 0,
-        # Heuristic cuDNN algorithm choice: no per-shape benchmark runs (each new point count
-        # or batch would otherwise pay one) and no large benchmark workspace.
-        "cudnn_conv_algo_search": "HEURISTIC",
-    }
+    from sam2_triton.model_config import CUDA_MEMORY
+
+    # The memory settings of the ONNX models' GPU configs (model_config.CUDA_MEMORY).
+    options = {**CUDA_MEMORY, "device_id": device.index or 0}
     return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
 

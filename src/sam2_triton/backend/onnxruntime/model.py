@@ -80,7 +80,11 @@ def choose_providers(config: dict, kind: str, device_id: int, log) -> list:
             Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         providers.append(("TensorrtExecutionProvider", opts))
     if "CUDAExecutionProvider" in available:
-        providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        # The config's "cuda" accelerator entry: CUDA EP options (memory settings), as
+        # NVIDIA's ONNX Runtime backend reads them.
+        cuda = next((a for a in accelerators if a.get("name") == "cuda"), {})
+        options = {**cuda.get("parameters", {}), "device_id": device_id}
+        providers.append(("CUDAExecutionProvider", options))
     else:
         log("instance kind is GPU but this onnxruntime has no CUDA EP; running on the CPU")
     providers.append("CPUExecutionProvider")
