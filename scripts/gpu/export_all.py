@@ -7,7 +7,7 @@ for ``--before`` sizes also the graphs as traced, without the shape folding and 
 position embedding (``export_*(optimize=False)``), in FP32 and FP16: the "before" of the
 Memcpy count and timing comparison. Sizes run in parallel processes.
 
-    python scripts/gpu/export_all.py --out /tmp/gpu --sizes tiny,base_plus,large --before base_plus
+    python scripts/gpu/export_all.py --out /tmp/gpu --sizes base_plus,tiny,large --precisions fp16
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ for name, fn in (("encoder", export.export_encoder), ("decoder", export.export_d
 """
 
 
-def export_size(size: str, out: Path, before: bool, threads: int) -> str:
+def export_size(
+    size: str, out: Path, before: bool, threads: int, precisions: tuple[str, ...]
+) -> str:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -68,7 +70,7 @@ def export_size(size: str, out: Path, before: bool, threads: int) -> str:
                 log,
                 env,
             )
-        for precision in ("fp32", "fp16"):
+        for precision in precisions:
             have = [(out_size / precision / f"sam2_{m}/1/model.onnx").is_file() for m in MODELS]
             if all(have):
                 continue  # done by an earlier run
@@ -104,14 +106,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sizes", default="tiny,base_plus,large")
-    p.add_argument("--before", default="base_plus", help="sizes also exported unoptimised")
+    p.add_argument("--before", default="", help="sizes also exported unoptimised")
+    p.add_argument("--precisions", default="fp16", help="fp32,fp16 (default fp16)")
     args = p.parse_args()
     sizes = [s for s in args.sizes.split(",") if s]
     before = set(filter(None, args.before.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 4) // len(sizes))
     with ThreadPoolExecutor(len(sizes)) as pool:
-        futures = [pool.submit(export_size, s, args.out, s in before, threads) for s in sizes]
+        precisions = tuple(p for p in args.precisions.split(",") if p)
+        futures = [
+            pool.submit(export_size, s, args.out, s in before, threads, precisions) for s in sizes
+        ]
         failed = 0
         for f in futures:
             try:

@@ -107,6 +107,14 @@ def build_site(wheels: Path, site: Path) -> None:
         print(f"copied {name} from {source}")
 
 
+def archive(folder: Path) -> bytes:
+    """``folder`` as an xz-compressed tar, its contents under ``site/``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz", preset=6) as tar:
+        tar.add(folder, arcname="site")
+    return buffer.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheels", type=Path, required=True)
@@ -114,23 +122,32 @@ def main() -> None:
     parser.add_argument("--part-mib", type=int, default=60)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        site = Path(tmp) / "site"
+        site, ort = Path(tmp) / "site", Path(tmp) / "ort"
         build_site(args.wheels, site)
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:xz", preset=6) as tar:
-            tar.add(site, arcname="site")
-    archive = buffer.getvalue()
-    digest = hashlib.sha256(archive).hexdigest()
-    part = args.part_mib << 20
+        ort.mkdir()
+        for item in site.glob("onnxruntime*"):
+            shutil.move(str(item), ort / item.name)
+        # The first call brings everything but onnxruntime (so the exports can start at
+        # once) and the first bytes of onnxruntime; the next calls the rest of it.
+        base, runtime = archive(site), archive(ort)
     for old in args.out.glob(".carry[0-9]*"):
         shutil.rmtree(old)
-    for i in range(0, len(archive), part):
-        folder = args.out / f".carry{i // part + 1}"
+    part = args.part_mib << 20
+    first = max(0, part - len(base))
+    chunks = [runtime[:first]] + [runtime[i : i + part] for i in range(first, len(runtime), part)]
+    for i, chunk in enumerate(chunks, 1):
+        folder = args.out / f".carry{i}"
         folder.mkdir(parents=True)
-        (folder / "part").write_bytes(archive[i : i + part])
-    (args.out / ".carry1" / "SHA256").write_text(f"{digest}  site.tar.xz\n")
-    parts = (len(archive) + part - 1) // part
-    print(f"{len(archive) >> 20} MiB in {parts} part(s), sha256 {digest}")
+        (folder / "ort.part").write_bytes(chunk)
+    (args.out / ".carry1" / "base.tar.xz").write_bytes(base)
+    sums = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+        for name, data in (("base.tar.xz", base), ("ort.tar.xz", runtime))
+    )
+    (args.out / ".carry1" / "SHA256SUMS").write_text(sums)
+    print(
+        f"base {len(base) >> 20} MiB, onnxruntime {len(runtime) >> 20} MiB in {len(chunks)} calls"
+    )
 
 
 if __name__ == "__main__":
