@@ -11,8 +11,8 @@ downloads. Also: stale requests are cancelled, a session the server lost is star
 server error is shown in words; ``serve_local.py --web`` serves the page and stops nginx with
 Triton; the compose ``web`` service mounts what the proxy needs.
 
-``test_page_segments_like_the_python_client`` saves a screenshot to outputs/web/page.png
-(git-ignored).
+The screenshot README shows is saved to outputs/web/page.png (git-ignored) by
+``test_page_segments_like_the_python_client``; docs/web_page.png is a copy.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from sam2_triton.server import free_port
 from sam2_triton.web_proxy import NGINX_DIR, WEB_DIR, WebProxy
 
 SCREENSHOT = ROOT / "outputs" / "web" / "page.png"
+COMMITTED_SCREENSHOT = ROOT / "docs" / "web_page.png"
 #: The mask layer's colour in web/app.js (MASK_RGBA): opaque, so read back exactly.
 MASK_RGB = (30, 144, 255)
 #: Where the main test clicks and drags, in pixels of chelsea (451 x 300).
@@ -109,6 +110,8 @@ def browser(tmp_path_factory):
             {"behavior": "allow", "downloadPath": str(driver.downloads)},
         )
         yield driver
+        # Leaving the page ends its session (pagehide): no sequence is left open on the server.
+        driver.get("about:blank")
     finally:
         driver.quit()
 
@@ -423,6 +426,11 @@ def test_page_says_when_the_proxy_cannot_reach_triton(browser, tmp_path):
         "The server answered HTTP 502: Bad Gateway: the proxy could not reach Triton "
         "(is it starting, or restarting?)"
     )
+
+
+def test_committed_screenshot_is_small_and_shown_in_readme():
+    assert COMMITTED_SCREENSHOT.stat().st_size < 300_000
+    assert f"]({COMMITTED_SCREENSHOT.relative_to(ROOT)})" in (ROOT / "README.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------
