@@ -11,6 +11,10 @@
 #   nginx, openssl  tests/test_proxy.py runs deploy/nginx's proxy for real, with a TLS
 #                   certificate it makes; it starts its own nginx processes on loopback
 #                   ports and does not use the system service
+#                   (tests/test_web.py and `serve_local.py --web` run the page's proxy too)
+#   chromium, chromium-driver
+#                   tests/test_web.py opens the browser page in Debian's headless Chromium,
+#                   driven through its chromedriver (Selenium); no browser is downloaded
 # Idempotent and quiet: installs only what is missing, does nothing when everything is there.
 # scripts/install_dev.sh runs it first.
 #   bash scripts/ci_system_deps.sh
@@ -37,6 +41,8 @@ have_compose || missing+=(docker-compose)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -5,7 +5,8 @@
   part at the proxy's limit does not.
 * sam2.conf (SECURITY.md's example, TLS and basic auth) forwards health, metadata and
   inference over HTTP and gRPC, and refuses with the documented statuses what could reach
-  Triton's JSON parser unbounded, the body over 48 MiB and every endpoint not allow-listed.
+  Triton's JSON parser unbounded, form-urlencoded bodies (which Triton parses on its stack),
+  the body over 48 MiB and every endpoint not allow-listed.
 * sam2-kubernetes.conf (the Kubernetes proxy) in front of two Tritons: every request of a
   session reaches one replica, sessions spread over both, and when a replica goes away its
   sessions move to the other.
@@ -416,6 +417,69 @@ def test_standalone_proxy_refuses_unbounded_json(
     )
     assert response.status_code == status, response.text[:300]
     assert json.loads(response.text)["error"].startswith(PROXY_ERRORS[status])
+    assert_still_ready(triton_server)
+
+
+#: The proxy's answer to a form-urlencoded body (sam2-rest.conf).
+FORM_ERROR = "form-urlencoded request bodies are refused"
+
+
+@pytest.mark.parametrize(
+    "method,path,content_type",
+    [
+        ("POST", "/v2/models/sam2_decoder/infer", "application/x-www-form-urlencoded"),
+        ("POST", f"/v2/models/{SESSION}/infer", "Application/X-WWW-Form-Urlencoded; charset=UTF-8"),
+        ("GET", "/v2/health/ready", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_standalone_proxy_refuses_form_bodies(
+    standalone_proxy, triton_server, method, path, content_type
+):
+    """Triton 2.51 parses a form-urlencoded body on its thread's stack, on any path (a GET of
+    /v2/health/ready included), and one larger than the stack kills it (SECURITY.md): the
+    proxy refuses the type whatever the body's size."""
+    response = requests.request(
+        method,
+        standalone_proxy.url + path,
+        data=b"a=" + b"b" * 4096,
+        headers={"Content-Type": content_type},
+        verify=str(standalone_proxy.cert),
+        auth=AUTH,
+        timeout=60,
+    )
+    assert response.status_code == 415, response.text[:300]
+    assert json.loads(response.text)["error"].startswith(FORM_ERROR)
+    assert_still_ready(triton_server)
+
+
+def test_standalone_proxy_refuses_curl_data_binary_without_a_type(
+    standalone_proxy, triton_server, tmp_path
+):
+    """`curl --data-binary` sends application/x-www-form-urlencoded unless told otherwise (how
+    a reviewer's binary request crashed Triton): refused; the same request with its type set
+    is answered."""
+    body, json_size = decoder_body()
+    request = tmp_path / "request.bin"
+    request.write_bytes(body)
+    answer = tmp_path / "answer"
+
+    def curl(*headers: str) -> str:
+        proc = subprocess.run(
+            ["curl", "-sS", "-o", str(answer), "-w", "%{http_code}", "-X", "POST"]
+            + ["--cacert", str(standalone_proxy.cert), "-u", f"{USER}:{PASSWORD}"]
+            + ["-H", f"Inference-Header-Content-Length: {json_size}", *headers]
+            + ["--data-binary", f"@{request}"]
+            + [f"{standalone_proxy.url}/v2/models/sam2_decoder/infer"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert curl() == "415"
+    assert json.loads(answer.read_bytes())["error"].startswith(FORM_ERROR)
+    assert curl("-H", "Content-Type: application/octet-stream") == "200"
     assert_still_ready(triton_server)
 
 

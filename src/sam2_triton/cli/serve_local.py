@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address the endpoints bind to (default: %(default)s; 0.0.0.0 opens them to "
         "the network: see SECURITY.md)",
+    )
+    p.add_argument(
+        "--web",
+        type=int,
+        metavar="PORT",
+        help="also serve the click-to-segment page (web/) and Triton's HTTP API on one origin, "
+        "http://HOST:PORT/, through nginx with the compose `web` service's configuration "
+        "(deploy/nginx/web.conf: SECURITY.md's request bounds); needs nginx installed",
     )
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     p.add_argument(
@@ -89,11 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from sam2_triton.server import EmbeddedTriton
     from sam2_triton.supervisor import RestartPolicy, Supervisor
+    from sam2_triton.web_proxy import WebProxy, upstream_address
 
     args = build_parser().parse_args(argv)
     for port in (args.http_port, args.grpc_port, args.metrics_port):
         if not 0 < port < 65536:
             raise UserError(f"port {port} is not in 1..65535")
+    web = None
+    if args.web is not None:
+        if args.web in (args.http_port, args.grpc_port, args.metrics_port):
+            raise UserError(f"--web {args.web} is one of Triton's ports; choose another")
+        web = WebProxy(upstream_address(args.host, args.http_port), args.web, args.host)
+        web.check()  # at once, not after Triton's start
     if args.probe_interval < 0:
         raise UserError("--probe-interval must be ≥ 0")
     policy = RestartPolicy(args.max_restarts, args.restart_backoff, 60.0, args.stable_after)
@@ -116,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def request_stop(_signum, _frame) -> None:
         supervisor.stop()
+        if web is not None:
+            web.drain()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
@@ -129,8 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"gRPC {server.grpc_url}, metrics {server.metrics_url}",
             flush=True,
         )
+        if web is not None:
+            print(f"the page: {web.url}", flush=True)
 
-    supervisor.run(on_ready=announce)
+    with contextlib.ExitStack() as stack:
+        if web is not None:  # nginx answers 502 until Triton is ready
+            stack.enter_context(web)
+        supervisor.run(on_ready=announce)
     print("sam2-triton stopped", file=sys.stderr)
     return 0
 
