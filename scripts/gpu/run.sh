@@ -45,6 +45,8 @@ start)
     cp .carry1/SHA256SUMS .carry1/ort.part "$W/"
     (cd .carry1 && sha256sum -c --ignore-missing SHA256SUMS)
     unpack .carry1/base.tar.xz
+    # Python's zipfile (pack.py) drops the executable bits of the server and its stubs.
+    chmod +x "$SITE"/pytriton/tritonserver/bin/* "$SITE"/pytriton/tritonserver/python_backend_stubs/*/*
     echo "$PWD/src" >"$SITE/sam2_triton_dev.pth"   # this checkout's package, for the stubs too
     python3 -c 'import sam2, hydra, tritonclient.http, sam2_triton; print("packages ok")'
     # Exports take minutes of CPU: they run on while the next calls bring onnxruntime-gpu.
@@ -58,6 +60,7 @@ ort)
     if [ -n "${2:-}" ]; then
         mv "$W/ort.part" "$W/ort.tar.xz"
         (cd "$W" && sha256sum -c --ignore-missing SHA256SUMS)
+        wait_for base_plus 300   # the exports import onnxruntime: swap it once they are done
         python3 -m pip uninstall -q -y onnxruntime || true   # the CPU build
         unpack "$W/ort.tar.xz"
         python3 -c 'import onnxruntime as o; o.preload_dlls(); print("onnxruntime", o.__version__,
@@ -83,7 +86,7 @@ served)
     log="$OUT/server_$size.log"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader >"$OUT/memory_$size.txt"
     python3 scripts/serve_local.py --repository "$repo" --http-port 8000 --grpc-port 8001 \
-        --metrics-port 8002 --ready-timeout 300 --max-restarts 0 >"$log" 2>&1 &
+        --metrics-port 8002 --ready-timeout 300 --max-restarts 0 --probe-interval 0 >"$log" 2>&1 &
     server=$!
     for _ in $(seq 1 300); do
         curl -sf localhost:8000/v2/health/ready >/dev/null && break

@@ -47,6 +47,30 @@ from sam2_triton.sessions.store import Sweeper
 START, END, CORRID = "START", "END", "CORRID"
 
 
+def _array(tensor) -> np.ndarray:
+    """A request tensor as a numpy array, through DLPack (torch) rather than the stub's
+    ``as_numpy``: a stub built against numpy 1.x misreads numpy 2's type descriptors and
+    scrambles 1-byte data such as ``image_bytes`` (seen on the GPU machine, numpy 2.5)."""
+    import torch
+
+    try:
+        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).numpy()
+    except (TypeError, RuntimeError, BufferError):  # a type torch has no DLPack for
+        return tensor.as_numpy()
+
+
+def _tensor(name: str, value: np.ndarray):
+    """An output tensor, handed to the stub through DLPack (see :func:`_array`)."""
+    import torch
+
+    array = np.ascontiguousarray(value)
+    if array.size == 0:  # nothing to scramble, and DLPack calls an empty tensor non-contiguous
+        return pb_utils.Tensor(name, array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
+
+
 def _param(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", "") or default
 
@@ -132,7 +156,7 @@ class TritonPythonModel:
                 responses[i] = self._error(f"{self.name} failed: {answer}", internal=True)
             else:
                 tensors = [
-                    pb_utils.Tensor(name, value[None])
+                    _tensor(name, value[None])
                     for name in OUTPUTS
                     if name in request.outputs and (value := self._output(answer, name)) is not None
                 ]
@@ -150,7 +174,7 @@ class TritonPythonModel:
             count = math.prod(int(d) for d in tensor.shape())
             if count > limit:
                 raise RequestError(f"{name} has {count} values; at most {limit} are accepted")
-            values[name] = tensor.as_numpy()[0]  # drop Triton's batch dim
+            values[name] = _array(tensor)[0]  # drop Triton's batch dim
         control = {
             name: pb_utils.get_input_tensor_by_name(request, name) for name in (START, END, CORRID)
         }
@@ -167,9 +191,9 @@ class TritonPythonModel:
         image = values.get("image_bytes")
         asked = request.requested_output_names()
         return SessionRequest(
-            session_id=int(control[CORRID].as_numpy().reshape(-1)[0]),
-            start=bool(control[START].as_numpy().reshape(-1)[0]) if control[START] else False,
-            end=bool(control[END].as_numpy().reshape(-1)[0]) if control[END] else False,
+            session_id=int(_array(control[CORRID]).reshape(-1)[0]),
+            start=bool(_array(control[START]).reshape(-1)[0]) if control[START] else False,
+            end=bool(_array(control[END]).reshape(-1)[0]) if control[END] else False,
             image_bytes=None if image is None else image.tobytes(),
             points=None if points is None or not len(points) else points.astype(np.float32),
             labels=None if labels is None or not len(labels) else labels.astype(np.int64),
