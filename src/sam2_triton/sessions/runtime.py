@@ -179,7 +179,9 @@ class CudaGraphOrtSession(TorchOrtSession):
         import onnxruntime as ort
         import torch
 
-        if self.graph_session is None:
+        # Graphs for single requests only: the latency-bound case. A graph holds its own input
+        # buffers (16 MiB of features per row), and batches amortise launches anyway.
+        if self.graph_session is None or any(v.shape[0] != 1 for v in feed.values()):
             return super().run(feed, output_shapes)
         key = tuple((n, tuple(feed[n].shape)) for n in self.input_names) + tuple(
             (n, tuple(s)) for n, s in output_shapes.items()
