@@ -11,6 +11,7 @@
 #   bash scripts/gpu/run.sh ort N [last]           # call N, carry .carryN: onnxruntime-gpu
 #   bash scripts/gpu/run.sh models SIZE [flags]    # scripts/profile_models.py on SIZE
 #   bash scripts/gpu/run.sh served SIZE [flags]    # serve_local.py (GPU configs) + benchmark
+#   bash scripts/gpu/run.sh video [flags]          # scripts/benchmark_video.py (start none)
 #   bash scripts/gpu/run.sh status
 # Results go to $OUT (the device tool brings them back).
 set -euo pipefail
@@ -50,9 +51,11 @@ start)
     echo "$PWD/src" >"$SITE/sam2_triton_dev.pth"   # this checkout's package, for the stubs too
     python3 -c 'import sam2, hydra, tritonclient.http, sam2_triton; print("packages ok")'
     # Exports take minutes of CPU: they run on while the next calls bring onnxruntime-gpu.
-    setsid nohup python3 scripts/gpu/export_all.py --out "$W" --sizes "${1:-base_plus,tiny,large}" \
-        >"$W/export.log" 2>&1 </dev/null &
-    sleep 5
+    if [ "${1:-}" != none ]; then
+        setsid nohup python3 scripts/gpu/export_all.py --out "$W" \
+            --sizes "${1:-base_plus,tiny,large}" >"$W/export.log" 2>&1 </dev/null &
+        sleep 5
+    fi
     status
     ;;
 ort)
@@ -107,6 +110,11 @@ served)
     wait $server || true
     cat "$OUT/memory_$size.txt"
     [ -f "$OUT/served_$size/results.md" ] && tail -n 45 "$OUT/served_$size/results.md"
+    ;;
+video)
+    # sam2_video runs Meta's predictor in PyTorch: no onnxruntime-gpu needed.
+    timeout "${BENCH_TIMEOUT:-420}" python3 scripts/benchmark_video.py --model base_plus \
+        --device gpu --out "$OUT/video" "$@" 2>&1 | tail -40 || true
     ;;
 status)
     status
