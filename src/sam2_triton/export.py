@@ -371,6 +371,19 @@ def example_decoder_inputs(batch: int = 1, num_points: int = 2) -> tuple["torch.
     return tuple(out)
 
 
+def write_video_weights(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy the checkpoint to ``path`` (``sam2_video/1/model.pt``: ``sam2_video`` runs Meta's
+    video predictor in PyTorch on these weights) atomically, and record its SHA-256 in a
+    ``SHA256SUMS`` beside it, which the model checks when it loads."""
+    from sam2_triton.checksums import file_sha256, record_sha256
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(checkpoint, tmp)
+    record_sha256(path, file_sha256(path))
+    return path
+
+
 def copy_graph(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Copy an exported graph to another model's version folder, atomically.
 
