@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, serving
+from conftest import ROOT, run_script, serving
 from PIL import Image
 from test_client_e2e import NO_TORCH, assert_one_line_error
 
@@ -580,3 +580,27 @@ def test_export_writes_the_video_weights(tiny_repository, tiny_checkpoint):
     weights = tiny_repository / VIDEO / "1" / "model.pt"
     assert weights.read_bytes() == tiny_checkpoint.read_bytes()
     assert recorded_sha256(weights) == file_sha256(weights)
+
+
+def test_quick_video_benchmark_against_the_server(video_server, video_checkpoint, tmp_path):
+    """``scripts/benchmark_video.py --quick`` against the running server and Meta's predictor
+    in-process: every case ran and both files are written (no timing is asserted)."""
+    out = tmp_path / "bench"
+    proc = run_script(
+        "benchmark_video.py",
+        *("--quick", "--url", video_server.grpc_url, "--checkpoint", video_checkpoint),
+        *("--out", out),
+        timeout=600,
+    )
+    assert "wrote" in proc.stdout
+    report = json.loads((out / "results.json").read_text())
+    cases = {(r["backend"], r["objects"], r["videos"]) for r in report["results"]}
+    assert cases == {("served", o, v) for o in (1, 2) for v in (1, 2)} | {
+        ("meta_in_process", o, 1) for o in (1, 2)
+    }
+    for r in report["results"]:
+        assert r["frames_per_video"] == 4, r
+        assert r["propagate_fps_per_video"] > 0 and r["end_to_end_fps_total"] > 0, r
+    assert report["config"]["image_size"] == IMAGE_SIZE and report["versions"]["sam2"]
+    md = (out / "results.md").read_text()
+    assert md.count("| served |") == 4 and md.count("| meta_in_process |") == 2, md

@@ -150,7 +150,7 @@ class VideoServing:
     """
 
     instance_count: int = 4
-    max_videos: int = 4
+    max_videos: int = 2
     idle_timeout_s: int = 600
     max_frames: int = 600
     max_objects: int = 8
@@ -248,7 +248,7 @@ class RepositoryParams:
             # Two instances: one session's clicks are answered while another's image encodes.
             session=SessionServing(max_batch_size=8, instance_count=2, max_sessions=16),
             # One instance: on a CPU a frame takes seconds, two would only share the cores.
-            video=VideoServing(instance_count=1, max_videos=4, max_frames=300, precision="float32"),
+            video=VideoServing(instance_count=1, max_frames=300, precision="float32"),
         )
 
 

@@ -95,7 +95,7 @@ class VideoLimits:
     the frames of one request in parallel.
     """
 
-    max_videos: int = 4
+    max_videos: int = 2
     idle_timeout_s: float = 600.0
     max_frames: int = 600
     max_objects: int = 8
