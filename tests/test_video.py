@@ -15,8 +15,8 @@ Random-init weights would mostly score "no object" (and Meta's predictor then tr
 that the masks are real logits.
 
 **Tolerance.** Served masks equal Meta's on every pixel whose logit in Meta's predictor is
-farther than 0.01 from 0 (in practice all pixels: the same PyTorch code runs on both sides);
-object scores within 1e-3.
+farther than 0.01 from 0 (the same PyTorch code runs on both sides); object scores within
+1e-3.
 
 A small dedicated server (``video_server``: ``sam2_video`` alone, one CPU instance, at most 2
 videos of 3 objects) serves HTTP and gRPC.
@@ -206,7 +206,7 @@ def video_server(video_checkpoint, tmp_path_factory):
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
-        exit_timeout_s=5,
+        exit_timeout_s=2,
     )
     with serving(server, tmp_path_factory.mktemp("video_triton") / "tritonserver.log"):
         yield server
@@ -589,18 +589,16 @@ def test_quick_video_benchmark_against_the_server(video_server, video_checkpoint
     proc = run_script(
         "benchmark_video.py",
         *("--quick", "--url", video_server.grpc_url, "--checkpoint", video_checkpoint),
-        *("--out", out),
+        *("--videos", "2", "--out", out),
         timeout=600,
     )
     assert "wrote" in proc.stdout
     report = json.loads((out / "results.json").read_text())
     cases = {(r["backend"], r["objects"], r["videos"]) for r in report["results"]}
-    assert cases == {("served", o, v) for o in (1, 2) for v in (1, 2)} | {
-        ("meta_in_process", o, 1) for o in (1, 2)
-    }
+    assert cases == {("served", o, 2) for o in (1, 2)} | {("meta_in_process", o, 1) for o in (1, 2)}
     for r in report["results"]:
         assert r["frames_per_video"] == 4, r
         assert r["propagate_fps_per_video"] > 0 and r["end_to_end_fps_total"] > 0, r
     assert report["config"]["image_size"] == IMAGE_SIZE and report["versions"]["sam2"]
     md = (out / "results.md").read_text()
-    assert md.count("| served |") == 4 and md.count("| meta_in_process |") == 2, md
+    assert md.count("| served |") == 2 and md.count("| meta_in_process |") == 2, md

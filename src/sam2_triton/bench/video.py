@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="base_plus", choices=list(MODEL_SIZES))
+    p.add_argument("--model", choices=list(MODEL_SIZES), help="default base_plus (tiny: --quick)")
     p.add_argument("--checkpoint", type=Path, help="default: a seeded random-init one")
     p.add_argument("--device", choices=("gpu", "cpu"), default=None, help="default: gpu if any")
     p.add_argument(
@@ -67,12 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("bfloat16", "float32"),
         help="default: bfloat16 on a GPU (as Meta's benchmark), float32 on the CPU",
     )
-    p.add_argument("--image-size", type=int, default=0, help="model input side (0: 1024)")
-    p.add_argument("--frames", type=int, default=64, help="frames per video")
-    p.add_argument("--height", type=int, default=540)
-    p.add_argument("--width", type=int, default=960)
-    p.add_argument("--objects", default="1,4", help="object counts to measure")
-    p.add_argument("--videos", default="1,4", help="concurrent video counts to measure")
+    p.add_argument("--image-size", type=int, help="model input side (default 1024; --quick 256)")
+    p.add_argument("--frames", type=int, help="frames per video (default 64; --quick 4)")
+    p.add_argument("--height", type=int, help="frame height (default 540; --quick 256)")
+    p.add_argument("--width", type=int, help="frame width (default 960; --quick 320)")
+    p.add_argument("--objects", help="object counts to measure (default 1,4; --quick 1,2)")
+    p.add_argument("--videos", help="concurrent videos to measure (default 1,4; --quick 1,2)")
     p.add_argument("--instances", type=int, help="sam2_video instances (default: the config's)")
     p.add_argument("--vos-optimized", action="store_true", help="Meta's torch.compile'd variant")
     p.add_argument("--url", help="a running Triton (HOST:PORT); default: start one here")
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-meta", action="store_true", help="skip Meta's predictor in-process")
     p.add_argument("--no-served", action="store_true", help="skip the served runs")
     p.add_argument("--export-study", action="store_true", help="also the ONNX export study")
-    p.add_argument("--quick", action="store_true", help="tiny, 256 px, 4 frames of 256x320")
+    p.add_argument(
+        "--quick", action="store_true", help="other defaults for a CPU smoke run (see above)"
+    )
     p.add_argument("--out", type=Path, default=Path("bench_results/video"))
     return p
 
@@ -115,11 +117,31 @@ def _counts(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+#: Defaults of the options above, and of ``--quick``.
+DEFAULTS = {
+    "model": "base_plus",
+    "image_size": 0,
+    "frames": 64,
+    "height": 540,
+    "width": 960,
+    "objects": "1,4",
+    "videos": "1,4",
+}
+QUICK = {
+    "model": "tiny",
+    "image_size": 256,
+    "frames": 4,
+    "height": 256,
+    "width": 320,
+    "objects": "1,2",
+    "videos": "1,2",
+}
+
+
 def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
-    if args.quick:
-        args.model, args.image_size, args.frames = "tiny", args.image_size or 256, 4
-        args.height, args.width = 256, 320
-        args.objects, args.videos = "1,2", "1,2"
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     device = args.device
     if device is None:
         import torch
