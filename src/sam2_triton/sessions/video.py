@@ -241,7 +241,7 @@ def decode_frame(
                 )
             # Exactly sam2/utils/misc.py's _load_img_as_tensor (Pillow's default filter).
             resized = img.convert("RGB").resize((image_size, image_size))
-            return np.asarray(resized), (h, w)
+            return np.array(resized), (h, w)  # a writable copy, as torch wants
     except RequestError:
         raise
     except UnidentifiedImageError:
