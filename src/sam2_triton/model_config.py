@@ -534,7 +534,7 @@ def _sequence_batching(idle_timeout_s: int, max_candidate_sequences: int, delay_
 
 #: ``sam2_video``'s inputs (all optional; the wire contract is in
 #: ``sam2_triton/backend/sam2_video/model.py``) and outputs: name, type, dims.
-VIDEO_INPUTS = (
+VIDEO_INPUT_TENSORS = (
     ("frames", mc.TYPE_STRING, [-1]),
     ("frame_index", mc.TYPE_INT32, [1]),
     ("object_id", mc.TYPE_INT32, [1]),
@@ -549,7 +549,7 @@ VIDEO_INPUTS = (
     ("max_frames", mc.TYPE_INT32, [1]),
     ("reverse", mc.TYPE_BOOL, [1]),
 )
-VIDEO_OUTPUTS = (
+VIDEO_OUTPUT_TENSORS = (
     ("frame_indices", mc.TYPE_INT32, [-1]),
     ("object_ids", mc.TYPE_INT32, [-1]),
     ("masks", mc.TYPE_UINT8, [-1, -1, -1, -1]),
@@ -571,9 +571,9 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         max_batch_size=1,
         input=[
             mc.ModelInput(name=n, data_type=t, dims=d, optional=True, allow_ragged_batch=-1 in d)
-            for n, t, d in VIDEO_INPUTS
+            for n, t, d in VIDEO_INPUT_TENSORS
         ],
-        output=[mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in VIDEO_OUTPUTS],
+        output=[mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in VIDEO_OUTPUT_TENSORS],
         sequence_batching=_sequence_batching(v.idle_timeout_s, v.max_candidate_sequences, 0),
         instance_group=[_instance_group(v.instance_count, params)],
     )

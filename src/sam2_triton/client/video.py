@@ -39,14 +39,14 @@ from sam2_triton.client.outputs import encode_png
 from sam2_triton.client.prompts import make_prompt
 from sam2_triton.client.session import new_session_id
 from sam2_triton.client.triton import SessionLost
-from sam2_triton.model_config import MAX_POINTS, VIDEO
+from sam2_triton.model_config import MAX_POINTS, VIDEO, VIDEO_OUTPUT_TENSORS
 from sam2_triton.models import UserError
 
 if TYPE_CHECKING:
     from sam2_triton.client.triton import TritonBackend
 
-#: What a video request asks for.
-_OUTPUTS = ("frame_indices", "object_ids", "masks", "object_scores", "frame_count", "video_size")
+#: What a video request asks for: every output of the contract.
+_OUTPUTS = tuple(name for name, _, _ in VIDEO_OUTPUT_TENSORS)
 
 
 @dataclass

@@ -6,11 +6,12 @@ in-process against Meta's predictor as well as over the wire.
 
 **Meta's own code does the tracking.** Each video holds an ``inference_state`` exactly as
 ``SAM2VideoPredictor.init_state`` builds it, and requests call the predictor's public methods
-on it: ``add_new_points_or_box``, ``add_new_mask``, ``remove_object`` and
-``propagate_in_video``. Only the frames differ: ``init_state`` loads a whole folder at once,
-here they arrive in requests and are appended (:class:`FrameList`). Memory attention, memory
+on it: ``add_new_points_or_box``, ``add_new_mask``, ``remove_object``,
+``propagate_in_video_preflight`` and ``propagate_in_video``. Only the frames differ:
+``init_state`` loads a whole folder at once, here they arrive in requests and are appended
+(:class:`FrameList`). Memory attention, memory
 encoder, object pointers, occlusion head and the video mask decoder run in PyTorch; SETUP.md
-("Video") says why not through exported ONNX graphs.
+("Video tracking") says why not through exported ONNX graphs.
 
 Frames are decoded as Meta's loader does (``sam2/utils/misc.py``, ``_load_img_as_tensor``):
 ``PIL.Image.open``, ``convert("RGB").resize((S, S))`` (S = the model's ``image_size``,
@@ -50,7 +51,7 @@ import numpy as np
 
 from sam2_triton.client.prompts import Prompt, make_prompt
 from sam2_triton.client.transforms import PIXEL_MEAN, PIXEL_STD
-from sam2_triton.model_config import MAX_POINTS
+from sam2_triton.model_config import MAX_POINTS, VIDEO_OUTPUT_TENSORS
 from sam2_triton.models import IMAGE_SIZE, ModelSize, UserError
 from sam2_triton.sessions.image import RequestError
 from sam2_triton.sessions.store import SessionStore, StoreFull
@@ -61,14 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The outputs a video request may ask for (the wire contract).
-VIDEO_OUTPUTS = (
-    "frame_indices",
-    "object_ids",
-    "masks",
-    "object_scores",
-    "frame_count",
-    "video_size",
-)
+VIDEO_OUTPUTS = tuple(name for name, _, _ in VIDEO_OUTPUT_TENSORS)
 #: The object score Meta's predictor gives an object without an output on a frame (and the
 #: logit it fills that object's mask with): ``sam2.modeling.sam2_base.NO_OBJ_SCORE``.
 NO_OBJECT_SCORE = -1024.0
