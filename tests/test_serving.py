@@ -78,6 +78,7 @@ SERVED = (
     "sam2_prompt_check",
     "sam2",
     "sam2_session",
+    "sam2_video",
 )
 
 

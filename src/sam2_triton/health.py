@@ -131,6 +131,12 @@ PROBES: dict[str, ModelProbe] = {
         "cannot read image_bytes: not an image file",
         one_shot_sequence=True,
     ),
+    "sam2_video": ModelProbe(
+        (Input("frame_index", (1, 1), "INT32"),),
+        "frame_count",
+        "the first request of a video must carry its first frame",
+        one_shot_sequence=True,
+    ),
 }
 
 

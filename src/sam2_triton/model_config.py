@@ -14,6 +14,9 @@ One repository serves these models:
                           the instance's device between requests (``sam2_triton.sessions``)
 ``sam2_prompt_check``     the ensemble's first step: refuses a bad prompt before the
                           encoder runs (it passes the image on to the encoder)
+``sam2_video``            stateful: a video per sequence; frames arrive as image files,
+                          prompts and propagation track objects with Meta's video
+                          predictor in PyTorch (``sam2_triton.sessions.video``)
 
 Each ONNX model has a GPU ``config.pbtxt`` (``KIND_GPU``, TensorRT FP16) and a CPU variant
 in ``configs/cpu.pbtxt``, picked with Triton's ``--model-config-name=cpu``. The configs are
@@ -50,6 +53,9 @@ DECODER_PROMPTS = "sam2_decoder_prompts"
 ENSEMBLE = "sam2"
 PROMPT_CHECK = "sam2_prompt_check"
 SESSION = "sam2_session"
+VIDEO = "sam2_video"
+#: The file in ``sam2_video/1/`` that holds the checkpoint's weights (the export writes it).
+VIDEO_WEIGHTS = "model.pt"
 #: The HTTP header (gRPC metadata key, lower-cased) that carries a session's ``sequence_id`` on
 #: every request of the session, so that a proxy in front of several replicas can send them
 #: all to the replica that holds the session's image (consistent hashing on this key).
@@ -141,6 +147,59 @@ TRITON_IDLE_MARGIN_S = 60
 
 
 @dataclass(frozen=True)
+class VideoServing:
+    """How ``sam2_video`` is scheduled and what each of its instances keeps.
+
+    Triton's sequence batcher ("oldest" strategy) gives an instance one request at a time
+    (``max_batch_size`` 1: the tracker runs videos one after another, so a batch would only
+    make short requests wait for a long propagation); the instances run in parallel. Each
+    instance keeps at most ``max_videos`` videos (least recently used evicted first) of at
+    most ``max_frames`` frames and ``max_objects`` objects, and drops one ``idle_timeout_s``
+    after its last request. ``precision`` is ``bfloat16`` (CUDA autocast, GPU only) or
+    ``float32``; ``image_size`` 0 keeps the model's input side (1024), another value
+    overrides Meta's ``image_size`` (faster, less accurate; the tests use 256).
+    """
+
+    instance_count: int = 4
+    max_videos: int = 2
+    idle_timeout_s: int = 600
+    max_frames: int = 600
+    max_objects: int = 8
+    max_frame_pixels: int = 16_000_000
+    max_frame_bytes: int = 32 << 20
+    max_frames_per_request: int = 16
+    max_frames_per_response: int = 16
+    max_response_bytes: int = 64 << 20
+    max_mask_prompts: int = 16
+    precision: str = "bfloat16"
+    image_size: int = 0
+    vos_optimized: bool = False
+    decode_threads: int = 4
+    max_candidate_sequences: int = 4096
+
+    def check(self, device: str) -> None:
+        counts = (
+            self.instance_count,
+            self.max_videos,
+            self.max_frames,
+            self.max_objects,
+            self.max_frames_per_request,
+            self.max_frames_per_response,
+            self.decode_threads,
+        )
+        if min(counts) < 1 or self.idle_timeout_s < 1:
+            raise UserError("video instances, limits and the idle timeout must be ≥ 1")
+        if self.precision not in ("float32", "bfloat16"):
+            raise UserError(f"video precision must be float32 or bfloat16, not {self.precision!r}")
+        if device == "cpu" and (self.precision != "float32" or self.vos_optimized):
+            raise UserError("the CPU video model runs float32 without torch.compile")
+        if self.image_size and (self.image_size < 64 or self.image_size % 16):
+            raise UserError(
+                f"video image_size must be a multiple of 16, ≥ 64 (or 0), not " f"{self.image_size}"
+            )
+
+
+@dataclass(frozen=True)
 class RepositoryParams:
     """The few knobs the generated configs depend on.
 
@@ -165,6 +224,7 @@ class RepositoryParams:
     max_prompts: int = MAX_PROMPTS
     prompt_batch_max_queue_size: int = 256
     session: SessionServing = SessionServing()
+    video: VideoServing = VideoServing()
     trt_cache_dir: str = "/trt_cache"
     trt_workspace_bytes: int = 4 << 30
     extra: dict[str, str] = field(default_factory=dict)
@@ -184,6 +244,7 @@ class RepositoryParams:
         if self.prompt_batch_instances < 1 or self.max_prompts < 1:
             raise UserError("prompt batch instances and max_prompts must be ≥ 1")
         self.session.check()
+        self.video.check(self.device)
 
     @classmethod
     def cpu_defaults(cls, model_size: str = "base_plus") -> "RepositoryParams":
@@ -197,6 +258,8 @@ class RepositoryParams:
             prompt_batch_instances=1,
             # Two instances: one session's clicks are answered while another's image encodes.
             session=SessionServing(max_batch_size=8, instance_count=2, max_sessions=16),
+            # One instance: on a CPU a frame takes seconds, two would only share the cores.
+            video=VideoServing(instance_count=1, max_frames=300, precision="float32"),
         )
 
 
@@ -436,29 +499,7 @@ def session_config(params: RepositoryParams) -> mc.ModelConfig:
         ("mask_rle", mc.TYPE_INT32, [-1]),
         ("image_size", mc.TYPE_INT32, [2]),
     ]
-    control = mc.ModelSequenceBatching.Control
-    sequence = mc.ModelSequenceBatching(
-        max_sequence_idle_microseconds=(s.idle_timeout_s + TRITON_IDLE_MARGIN_S) * 1_000_000,
-        control_input=[
-            mc.ModelSequenceBatching.ControlInput(
-                name=name, control=[control(kind=kind, int32_false_true=[0, 1])]
-            )
-            for name, kind in (
-                ("START", control.CONTROL_SEQUENCE_START),
-                ("END", control.CONTROL_SEQUENCE_END),
-            )
-        ]
-        + [
-            mc.ModelSequenceBatching.ControlInput(
-                name="CORRID",
-                control=[control(kind=control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)],
-            )
-        ],
-        oldest=mc.ModelSequenceBatching.StrategyOldest(
-            max_candidate_sequences=s.max_candidate_sequences,
-            max_queue_delay_microseconds=s.max_queue_delay_us,
-        ),
-    )
+    sequence = _sequence_batching(s.idle_timeout_s, s.max_candidate_sequences, s.max_queue_delay_us)
     config = mc.ModelConfig(
         name=SESSION,
         backend=SESSION,
@@ -483,6 +524,103 @@ def session_config(params: RepositoryParams) -> mc.ModelConfig:
         "max_points": params.max_points,
         "max_encode_batch": s.max_encode_batch,
         "sam2_model_size": params.model_size,
+    }.items():
+        config.parameters[key].string_value = str(value)
+    return config
+
+
+def _sequence_batching(idle_timeout_s: int, max_candidate_sequences: int, delay_us: int):
+    """Triton's sequence batcher with the control inputs START, END and CORRID (UINT64), the
+    oldest strategy, and sequences kept ``TRITON_IDLE_MARGIN_S`` longer than the model keeps
+    its state (so a late request reaches the model and gets its message)."""
+    control = mc.ModelSequenceBatching.Control
+    return mc.ModelSequenceBatching(
+        max_sequence_idle_microseconds=(idle_timeout_s + TRITON_IDLE_MARGIN_S) * 1_000_000,
+        control_input=[
+            mc.ModelSequenceBatching.ControlInput(
+                name=name, control=[control(kind=kind, int32_false_true=[0, 1])]
+            )
+            for name, kind in (
+                ("START", control.CONTROL_SEQUENCE_START),
+                ("END", control.CONTROL_SEQUENCE_END),
+            )
+        ]
+        + [
+            mc.ModelSequenceBatching.ControlInput(
+                name="CORRID",
+                control=[control(kind=control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)],
+            )
+        ],
+        oldest=mc.ModelSequenceBatching.StrategyOldest(
+            max_candidate_sequences=max_candidate_sequences,
+            max_queue_delay_microseconds=delay_us,
+        ),
+    )
+
+
+#: ``sam2_video``'s inputs (all optional; the wire contract is in
+#: ``sam2_triton/backend/sam2_video/model.py``) and outputs: name, type, dims.
+VIDEO_INPUT_TENSORS = (
+    ("frames", mc.TYPE_STRING, [-1]),
+    ("frame_index", mc.TYPE_INT32, [1]),
+    ("object_id", mc.TYPE_INT32, [1]),
+    ("point_coords", mc.TYPE_FP32, [-1, 2]),
+    ("point_labels", mc.TYPE_INT32, [-1]),
+    ("box", mc.TYPE_FP32, [4]),
+    ("mask", mc.TYPE_BOOL, [-1, -1]),
+    ("clear_old_points", mc.TYPE_BOOL, [1]),
+    ("remove_object", mc.TYPE_BOOL, [1]),
+    ("propagate", mc.TYPE_BOOL, [1]),
+    ("start_frame", mc.TYPE_INT32, [1]),
+    ("max_frames", mc.TYPE_INT32, [1]),
+    ("reverse", mc.TYPE_BOOL, [1]),
+)
+VIDEO_OUTPUT_TENSORS = (
+    ("frame_indices", mc.TYPE_INT32, [-1]),
+    ("object_ids", mc.TYPE_INT32, [-1]),
+    ("masks", mc.TYPE_UINT8, [-1, -1, -1, -1]),
+    ("object_scores", mc.TYPE_FP32, [-1, -1]),
+    ("frame_count", mc.TYPE_INT32, [1]),
+    ("video_size", mc.TYPE_INT32, [2]),
+)
+
+
+def video_config(params: RepositoryParams) -> mc.ModelConfig:
+    """``sam2_video``: a stateful model on Triton's sequence batcher, one video per sequence
+    (the wire contract is in ``sam2_triton/backend/sam2_video/model.py``). Its weights are
+    ``sam2_video/1/model.pt`` (the export copies the checkpoint there) and
+    ``sam2_model_size`` names Meta's config."""
+    v = params.video
+    config = mc.ModelConfig(
+        name=VIDEO,
+        backend=VIDEO,
+        max_batch_size=1,
+        input=[
+            mc.ModelInput(name=n, data_type=t, dims=d, optional=True, allow_ragged_batch=-1 in d)
+            for n, t, d in VIDEO_INPUT_TENSORS
+        ],
+        output=[mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in VIDEO_OUTPUT_TENSORS],
+        sequence_batching=_sequence_batching(v.idle_timeout_s, v.max_candidate_sequences, 0),
+        instance_group=[_instance_group(v.instance_count, params)],
+    )
+    for key, value in {
+        "weights": VIDEO_WEIGHTS,
+        "sam2_model_size": params.model_size,
+        "precision": v.precision,
+        "image_size": v.image_size,
+        "vos_optimized": str(v.vos_optimized).lower(),
+        "max_videos": v.max_videos,
+        "video_idle_timeout_s": v.idle_timeout_s,
+        "max_frames": v.max_frames,
+        "max_objects": v.max_objects,
+        "max_frame_pixels": v.max_frame_pixels,
+        "max_frame_bytes": v.max_frame_bytes,
+        "max_frames_per_request": v.max_frames_per_request,
+        "max_frames_per_response": v.max_frames_per_response,
+        "max_response_bytes": v.max_response_bytes,
+        "max_mask_prompts": v.max_mask_prompts,
+        "max_points": params.max_points,
+        "decode_threads": v.decode_threads,
     }.items():
         config.parameters[key].string_value = str(value)
     return config
@@ -527,6 +665,8 @@ def repository_configs(
         f"{ENSEMBLE}/configs/{CPU_CONFIG_NAME}.pbtxt": ensemble_config(cpu),
         f"{SESSION}/config.pbtxt": session_config(gpu),
         f"{SESSION}/configs/{CPU_CONFIG_NAME}.pbtxt": session_config(cpu),
+        f"{VIDEO}/config.pbtxt": video_config(gpu),
+        f"{VIDEO}/configs/{CPU_CONFIG_NAME}.pbtxt": video_config(cpu),
     }
 
 
@@ -542,7 +682,8 @@ def write_repository_configs(
     written = []
     for rel, config in repository_configs(gpu, cpu).items():
         written.append(write_text_atomic(repository / rel, to_text(config)))
-    for model in (ENSEMBLE, SESSION):  # Triton needs a version folder, even an empty one
+    # Triton needs a version folder, even an empty one (sam2_video's gets its weights there).
+    for model in (ENSEMBLE, SESSION, VIDEO):
         (repository / model / "1").mkdir(parents=True, exist_ok=True)
     return written
 

@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sam2_triton.model_config import ONNX_PLATFORM, read_config
+from sam2_triton.model_config import ONNX_PLATFORM, VIDEO, VIDEO_WEIGHTS, read_config
 from sam2_triton.models import UserError
 
 #: This project's Python-based backends, one folder each: ``onnxruntime`` (stands in for
@@ -104,12 +104,16 @@ def check_repository(repository: Path, config_name: str | None) -> list[str]:
             continue
         config = read_config(config_path)
         if config.platform == ONNX_PLATFORM or config.backend == "onnxruntime":
-            onnx = model_dir / "1" / (config.default_model_filename or "model.onnx")
-            if not onnx.is_file():
-                raise UserError(
-                    f"model {model_dir.name}: {onnx} is missing "
-                    "(export it with scripts/export_onnx.py)"
-                )
+            needed = model_dir / "1" / (config.default_model_filename or "model.onnx")
+        elif config.backend == VIDEO:
+            needed = model_dir / "1" / VIDEO_WEIGHTS
+        else:
+            needed = None
+        if needed is not None and not needed.is_file():
+            raise UserError(
+                f"model {model_dir.name}: {needed} is missing "
+                "(export it with scripts/export_onnx.py)"
+            )
         models.append(model_dir.name)
     if not models:
         raise UserError(f"no models (config.pbtxt) in {repository}")

@@ -13,15 +13,29 @@ from pathlib import Path
 from sam2_triton.files import atomic_path
 from sam2_triton.models import get_model_size
 
+#: The occlusion head's output bias, in Meta's checkpoint.
+OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 
-def save_random_checkpoint(model_size: str, path: str | os.PathLike, seed: int = 0) -> Path:
-    """Build SAM2.1 ``model_size`` with seed ``seed`` and save it as a Meta-format checkpoint."""
+
+def save_random_checkpoint(
+    model_size: str, path: str | os.PathLike, seed: int = 0, object_score_bias: float = 0.0
+) -> Path:
+    """Build SAM2.1 ``model_size`` with seed ``seed`` and save it as a Meta-format checkpoint.
+
+    ``object_score_bias`` is added to the occlusion head's last bias. Random-init SAM2 often
+    scores "no object", and Meta's video predictor then replaces the whole mask by -1024
+    (and tracks from that): a large bias keeps the objects present, so that video tests
+    compare real mask logits, not that constant. Image prediction does not use the score.
+    """
     import torch
     from sam2.build_sam import build_sam2
 
     size = get_model_size(model_size)
     torch.manual_seed(seed)
     model = build_sam2(size.config, ckpt_path=None, device="cpu", mode="eval")
+    if object_score_bias:
+        with torch.no_grad():
+            model.state_dict()[OBJECT_SCORE_BIAS].add_(object_score_bias)
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict()}, tmp)
@@ -37,3 +51,13 @@ def photos() -> dict[str, "object"]:
         "coffee": data.coffee(),  # 400 x 600, landscape
         "chelsea": data.chelsea(),  # 300 x 451, odd width
     }
+
+
+def shifted_crops(image, count: int, size: tuple[int, int], step: tuple[int, int]) -> list:
+    """``count`` crops of ``size`` (H, W) from ``image``, each ``step`` (dy, dx) pixels further
+    than the one before: a video whose content moves, made from a real photo."""
+    h, w = size
+    dy, dx = step
+    if (count - 1) * dy + h > image.shape[0] or (count - 1) * dx + w > image.shape[1]:
+        raise ValueError(f"{count} crops of {size} stepping {step} leave the image")
+    return [image[i * dy : i * dy + h, i * dx : i * dx + w].copy() for i in range(count)]

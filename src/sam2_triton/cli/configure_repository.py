@@ -19,6 +19,18 @@ SESSION_FLAGS = {
 }
 
 
+#: ``--video-*`` flags: the :class:`~sam2_triton.model_config.VideoServing` field, type, meaning.
+VIDEO_FLAGS = {
+    "instances": ("instance_count", int, "model instances (each keeps its own videos)"),
+    "max_videos": ("max_videos", int, "live videos per instance (least recently used evicted)"),
+    "idle_timeout": ("idle_timeout_s", int, "seconds after its last request a video is dropped"),
+    "max_frames": ("max_frames", int, "frames a video may have"),
+    "max_objects": ("max_objects", int, "objects a video may track"),
+    "precision": ("precision", str, "bfloat16 (CUDA autocast) or float32"),
+    "image_size": ("image_size", int, "the model's input side (0: the model's, 1024)"),
+}
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(","))
@@ -32,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="configure_repository.py",
         description="Write config.pbtxt (GPU) and configs/cpu.pbtxt (CPU) for sam2_encoder, "
-        "sam2_decoder, sam2_decoder_prompts, sam2_prompt_check, the sam2 ensemble and "
-        "sam2_session. Flags change the configs of --target (default: the GPU ones); the others "
-        "keep their defaults. The exported ONNX files are not touched (the weightless "
-        "sam2_prompt_check graph is written if missing).",
+        "sam2_decoder, sam2_decoder_prompts, sam2_prompt_check, the sam2 ensemble, "
+        "sam2_session and sam2_video. Flags change the configs of --target (default: the GPU "
+        "ones); the others keep their defaults. The exported ONNX files are not touched "
+        "(the weightless sam2_prompt_check graph is written if missing).",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--model", default="base_plus", choices=list(MODEL_SIZES))
@@ -57,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sam2_session")
     for flag, meaning in SESSION_FLAGS.items():
         g.add_argument(f"--session-{flag.replace('_', '-')}", type=int, help=meaning)
+    g = p.add_argument_group("sam2_video")
+    for flag, (_field, kind, meaning) in VIDEO_FLAGS.items():
+        g.add_argument(f"--video-{flag.replace('_', '-')}", type=kind, help=meaning)
     p.add_argument("--check", action="store_true", help="only compare with the ONNX files")
     return p
 
@@ -93,11 +108,16 @@ def params_from_args(args: argparse.Namespace):
         idle_timeout_s=args.session_idle_timeout,
         max_image_pixels=args.session_max_image_pixels,
     )
+    video = _changed(
+        base.video,
+        **{field: getattr(args, f"video_{flag}") for flag, (field, _, _) in VIDEO_FLAGS.items()},
+    )
     changed = _changed(
         base,
         precision=args.precision,
         trt_cache_dir=args.trt_cache_dir,
         session=session,
+        video=video,
         **serving,
     )
     return (changed, cpu) if args.target == "gpu" else (gpu, changed)

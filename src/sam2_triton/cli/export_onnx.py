@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="export_onnx.py",
         description="Export SAM2.1's image encoder and prompt encoder + mask decoder to ONNX "
         "inside a Triton model repository (sam2_encoder, sam2_decoder, "
-        "sam2_decoder_prompts, sam2 ensemble).",
+        "sam2_decoder_prompts, sam2 ensemble), and copy the checkpoint for sam2_video "
+        "(Meta's video predictor in PyTorch).",
     )
     p.add_argument(
         "--model", required=True, metavar="SIZE", help=f"one of {', '.join(MODEL_SIZES)}"
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--only",
-        choices=("encoder", "decoder"),
-        help="export one graph only (default: both)",
+        choices=("encoder", "decoder", "video"),
+        help="export one graph only, or only copy the weights of sam2_video (default: all)",
     )
     p.add_argument(
         "--precision",
@@ -108,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t)
         copy = export.copy_graph(path, repo / "sam2_decoder_prompts" / "1" / "model.onnx")
         log.info("wrote %s (the same graph, for K prompts on one image)", copy)
+    if args.only in (None, "video"):
+        from sam2_triton.model_config import VIDEO, VIDEO_WEIGHTS
+
+        path = export.write_video_weights(checkpoint, repo / VIDEO / "1" / VIDEO_WEIGHTS)
+        log.info("wrote %s (the weights sam2_video runs in PyTorch)", path)
     path = export.export_prompt_check(repo / "sam2_prompt_check" / "1" / "model.onnx")
     log.info("wrote %s (the sam2 ensemble's prompt check)", path)
     if not args.no_configs:

@@ -7,7 +7,8 @@ No torch: numpy, Pillow, OpenCV and tritonclient only.
 * :class:`Sam2Client` — ``client.session(image)`` gives a :class:`Sam2Session`: the server
   keeps the image (``sam2_session``), each prompt travels alone. Or the stateless path:
   encode an image once (LRU-cached), decode many prompt sets over HTTP or gRPC, optionally
-  through system shared memory.
+  through system shared memory. ``client.video_session()`` gives a :class:`Sam2VideoSession`:
+  the server tracks objects through a video (``sam2_video``, Meta's video predictor).
 * :class:`Sam2Pipeline` + :class:`OnnxRuntimeBackend` — the same logic on the ONNX files
   in-process (offline use, tests).
 """
@@ -26,6 +27,7 @@ from sam2_triton.client.prompts import Prompt, make_prompt
 from sam2_triton.client.session import Sam2Session, SessionPrediction
 from sam2_triton.client.transforms import Sam2Transforms
 from sam2_triton.client.triton import SessionLost, TritonBackend
+from sam2_triton.client.video import Sam2VideoSession, VideoFrameMasks
 from sam2_triton.models import UserError
 
 __all__ = [
@@ -38,10 +40,12 @@ __all__ = [
     "Sam2Pipeline",
     "Sam2Session",
     "Sam2Transforms",
+    "Sam2VideoSession",
     "SessionLost",
     "SessionPrediction",
     "TritonBackend",
     "UserError",
+    "VideoFrameMasks",
     "as_rgb",
     "image_key",
     "load_image",

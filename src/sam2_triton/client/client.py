@@ -5,6 +5,11 @@
 ...     with client.session("photo.jpg") as session:      # the server keeps the image
 ...         pred = session.predict(points=[[500, 375]])   # then only prompts travel
 >>> with Sam2Client("localhost:8000") as client:          # doctest: +SKIP
+...     with client.video_session() as video:              # the server tracks a video
+...         video.add_frames(frame_paths)
+...         video.add_prompt(0, object_id=1, points=[[500, 375]])
+...         masks = [frame.masks for frame in video.propagate()]
+>>> with Sam2Client("localhost:8000") as client:          # doctest: +SKIP
 ...     client.wait_until_ready(timeout=60)
 ...     embedding = client.encode_image(load_image("photo.jpg"))
 ...     pred = client.decode(embedding, points=[[500, 375]], labels=[1])
@@ -23,7 +28,8 @@ from sam2_triton.client.pipeline import Sam2Pipeline
 from sam2_triton.client.session import Sam2Session
 from sam2_triton.client.transforms import Sam2Transforms
 from sam2_triton.client.triton import TritonBackend
-from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER, SESSION
+from sam2_triton.client.video import Sam2VideoSession
+from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER, SESSION, VIDEO
 
 
 class Sam2Client(Sam2Pipeline):
@@ -83,6 +89,11 @@ class Sam2Client(Sam2Pipeline):
         """A server-side session on ``image`` (a path, the file's bytes or an RGB array): the
         image travels once, each :meth:`Sam2Session.predict` sends only its prompt."""
         return Sam2Session(self.triton, image, model=model, max_points=self.max_points)
+
+    def video_session(self, *, model: str = VIDEO, frames_per_request: int = 8) -> Sam2VideoSession:
+        """A video tracked on the server (``sam2_video``): add its frames, prompt objects on
+        any frame, propagate (:class:`~sam2_triton.client.video.Sam2VideoSession`)."""
+        return Sam2VideoSession(self.triton, model=model, frames_per_request=frames_per_request)
 
     def check_ready(self, models: Sequence[str] | None = None) -> None:
         """Raise :class:`UserError` unless the server and ``models`` (default

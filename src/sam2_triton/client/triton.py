@@ -42,7 +42,7 @@ _URL = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 _counter = itertools.count()
 
 
-#: Wire data types of sam2_session's inputs (Triton's name, numpy's).
+#: Wire data types of sam2_session's and sam2_video's inputs (Triton's name, numpy's).
 SESSION_INPUT_TYPES: dict[str, tuple[str, type]] = {
     "image_bytes": ("UINT8", np.uint8),
     "point_coords": ("FP32", np.float32),
@@ -51,6 +51,16 @@ SESSION_INPUT_TYPES: dict[str, tuple[str, type]] = {
     "multimask_output": ("BOOL", np.bool_),
     "use_previous_mask": ("BOOL", np.bool_),
     "mask_input": ("FP32", np.float32),
+    "frames": ("BYTES", np.object_),
+    "frame_index": ("INT32", np.int32),
+    "object_id": ("INT32", np.int32),
+    "mask": ("BOOL", np.bool_),
+    "clear_old_points": ("BOOL", np.bool_),
+    "remove_object": ("BOOL", np.bool_),
+    "propagate": ("BOOL", np.bool_),
+    "start_frame": ("INT32", np.int32),
+    "max_frames": ("INT32", np.int32),
+    "reverse": ("BOOL", np.bool_),
 }
 
 
@@ -158,8 +168,12 @@ class SessionLost(UserError):
 
 
 #: How the server says it has no such session: Triton's sequence batcher for a sequence it
-#: does not know, or sam2_session for one whose image it dropped.
-_SESSION_LOST = ("must specify the START flag", "has no image on this server")
+#: does not know, sam2_session for one whose image it dropped, sam2_video for a video.
+_SESSION_LOST = (
+    "must specify the START flag",
+    "has no image on this server",
+    "has no frames on this server",
+)
 
 
 class TritonBackend:
@@ -241,15 +255,23 @@ class TritonBackend:
 
     # --- errors ------------------------------------------------------------------------------
 
-    def _call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _call(
+        self,
+        action: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: bool = True,
+        **kwargs: Any,
+    ) -> T:
         """``fn(*args, **kwargs)``; tritonclient and socket errors become one-line UserErrors.
 
-        Every call this client makes is idempotent (inference has no side effects), so once
-        the server has been reached, a transient failure (server restarting, unreachable,
-        queue full) is retried up to ``retries`` times with exponential backoff from
-        ``retry_backoff_s`` (capped at 4 s) before the error is raised. A server that was
-        never reached fails at once: that is a wrong address, not a restart. Timeouts are
-        not retried: the server may still be working on the request.
+        Inference without side effects is idempotent, so once the server has been reached, a
+        transient failure (server restarting, unreachable, queue full) is retried up to
+        ``retries`` times with exponential backoff from ``retry_backoff_s`` (capped at 4 s)
+        before the error is raised. A server that was never reached fails at once: that is a
+        wrong address, not a restart. Timeouts are not retried: the server may still be
+        working on the request. ``retry=False`` for a call that changes state on the server
+        (a video request: repeating it would append its frames twice).
         """
         delay, start = self.retry_backoff_s, time.monotonic()
         reregistered = False
@@ -266,7 +288,7 @@ class TritonBackend:
                 self._register_again()
                 reregistered = True
             except _Transient as e:
-                if not self._reached or attempt == self.retries:
+                if not self._reached or not retry or attempt == self.retries:
                     gave_up = (
                         f" (gave up after {attempt} retries in {time.monotonic() - start:.1f} s)"
                         if attempt
@@ -495,8 +517,10 @@ class TritonBackend:
         session_id: int,
         start: bool = False,
         end: bool = False,
+        retry: bool = True,
     ) -> dict[str, np.ndarray]:
-        """One request of session ``session_id`` to the stateful ``model`` (``sam2_session``).
+        """One request of session ``session_id`` to a stateful ``model`` (``sam2_session``,
+        ``sam2_video``); ``retry=False`` for a request that must not be repeated.
 
         ``inputs`` map contract names to arrays without Triton's batch dim (their data types
         are the contract's); the request carries the session's affinity header. Raises
@@ -522,6 +546,7 @@ class TritonBackend:
             sequence_start=start,
             sequence_end=end,
             headers={header: str(session_id)},
+            retry=retry,
         )
         return {n: result.as_numpy(n)[0] for n in outputs}
 
