@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from sam2_triton.backend.tensors import from_numpy, to_numpy
 from sam2_triton.export import CUDA_MODEL_FILENAME
 from sam2_triton.sessions.image import (
     OUTPUTS,
@@ -45,30 +46,6 @@ from sam2_triton.sessions.store import Sweeper
 
 #: The control inputs the sequence batcher fills in (see the config).
 START, END, CORRID = "START", "END", "CORRID"
-
-
-def _array(tensor) -> np.ndarray:
-    """A request tensor as a numpy array, through DLPack (torch) rather than the stub's
-    ``as_numpy``: a stub built against numpy 1.x misreads numpy 2's type descriptors and
-    scrambles 1-byte data such as ``image_bytes`` (seen on the GPU machine, numpy 2.5)."""
-    import torch
-
-    try:
-        return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).numpy()
-    except (TypeError, RuntimeError, BufferError):  # a type torch has no DLPack for
-        return tensor.as_numpy()
-
-
-def _tensor(name: str, value: np.ndarray):
-    """An output tensor, handed to the stub through DLPack (see :func:`_array`)."""
-    import torch
-
-    array = np.ascontiguousarray(value)
-    if array.size == 0:  # nothing to scramble, and DLPack calls an empty tensor non-contiguous
-        return pb_utils.Tensor(name, array)
-    if not array.flags.writeable:
-        array = array.copy()
-    return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
 
 
 def _param(config: dict, key: str, default: str) -> str:
@@ -156,7 +133,7 @@ class TritonPythonModel:
                 responses[i] = self._error(f"{self.name} failed: {answer}", internal=True)
             else:
                 tensors = [
-                    _tensor(name, value[None])
+                    from_numpy(name, value[None])
                     for name in OUTPUTS
                     if name in request.outputs and (value := self._output(answer, name)) is not None
                 ]
@@ -174,7 +151,7 @@ class TritonPythonModel:
             count = math.prod(int(d) for d in tensor.shape())
             if count > limit:
                 raise RequestError(f"{name} has {count} values; at most {limit} are accepted")
-            values[name] = _array(tensor)[0]  # drop Triton's batch dim
+            values[name] = to_numpy(tensor)[0]  # drop Triton's batch dim
         control = {
             name: pb_utils.get_input_tensor_by_name(request, name) for name in (START, END, CORRID)
         }
@@ -191,9 +168,9 @@ class TritonPythonModel:
         image = values.get("image_bytes")
         asked = request.requested_output_names()
         return SessionRequest(
-            session_id=int(_array(control[CORRID]).reshape(-1)[0]),
-            start=bool(_array(control[START]).reshape(-1)[0]) if control[START] else False,
-            end=bool(_array(control[END]).reshape(-1)[0]) if control[END] else False,
+            session_id=int(to_numpy(control[CORRID]).reshape(-1)[0]),
+            start=bool(to_numpy(control[START]).reshape(-1)[0]) if control[START] else False,
+            end=bool(to_numpy(control[END]).reshape(-1)[0]) if control[END] else False,
             image_bytes=None if image is None else image.tobytes(),
             points=None if points is None or not len(points) else points.astype(np.float32),
             labels=None if labels is None or not len(labels) else labels.astype(np.int64),

@@ -51,6 +51,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from sam2_triton.backend.tensors import from_numpy, to_numpy
 from sam2_triton.models import UserError, get_model_size  # noqa: E402
 from sam2_triton.sessions.image import RequestError  # noqa: E402
 from sam2_triton.sessions.runtime import torch_device  # noqa: E402
@@ -168,7 +169,7 @@ class TritonPythonModel:
                 responses[i] = self._error(f"{self.name} failed: {answer}", internal=True)
             else:
                 tensors = [
-                    pb_utils.Tensor(name, self._output(answer, name)[None])
+                    from_numpy(name, self._output(answer, name)[None])
                     for name in VIDEO_OUTPUTS
                     if name in request.outputs
                 ]
@@ -186,7 +187,7 @@ class TritonPythonModel:
             count = math.prod(int(d) for d in tensor.shape())
             if count > limit:
                 raise RequestError(f"{name} has {count} values; at most {limit} are accepted")
-            values[name] = tensor.as_numpy()[0]  # drop Triton's batch dim
+            values[name] = to_numpy(tensor)[0]  # drop Triton's batch dim
         control = {
             name: pb_utils.get_input_tensor_by_name(request, name) for name in (START, END, CORRID)
         }
@@ -204,9 +205,9 @@ class TritonPythonModel:
         numbers = {name: int(values[name][0]) for name in _NUMBERS if name in values}
         asked = request.requested_output_names()
         return VideoRequest(
-            session_id=int(control[CORRID].as_numpy().reshape(-1)[0]),
-            start=bool(control[START].as_numpy().reshape(-1)[0]) if control[START] else False,
-            end=bool(control[END].as_numpy().reshape(-1)[0]) if control[END] else False,
+            session_id=int(to_numpy(control[CORRID]).reshape(-1)[0]),
+            start=bool(to_numpy(control[START]).reshape(-1)[0]) if control[START] else False,
+            end=bool(to_numpy(control[END]).reshape(-1)[0]) if control[END] else False,
             frames=[bytes(f) for f in values.get("frames", ())],
             points=None if points is None or not len(points) else points.astype(np.float32),
             labels=None if labels is None or not len(labels) else labels.astype(np.int32),
