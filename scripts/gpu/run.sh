@@ -11,6 +11,7 @@
 #   bash scripts/gpu/run.sh ort N [last]           # call N, carry .carryN: onnxruntime-gpu
 #   bash scripts/gpu/run.sh models SIZE [flags]    # scripts/profile_models.py on SIZE
 #   bash scripts/gpu/run.sh served SIZE [flags]    # serve_local.py (GPU configs) + benchmark
+#   bash scripts/gpu/run.sh numpy1 N               # numpy 1.26 from .carryN (see the step)
 #   bash scripts/gpu/run.sh video [flags]          # scripts/benchmark_video.py (start none)
 #   bash scripts/gpu/run.sh status
 # Results go to $OUT (the device tool brings them back).
@@ -110,6 +111,13 @@ served)
     wait $server || true
     cat "$OUT/memory_$size.txt"
     [ -f "$OUT/served_$size/results.md" ] && tail -n 45 "$OUT/served_$size/results.md"
+    ;;
+numpy1)
+    # The machine's numpy 2 breaks the embedded stub's string tensors (the video's frames):
+    # a numpy 1.26 wheel carried in .carryN (pip download numpy==1.26.4 for cp312), as the
+    # project's own installation pins numpy < 2 for nvidia-pytriton.
+    python3 -m pip install -q --no-deps --no-index ".carry$1"/numpy-1.*.whl
+    python3 -c 'import numpy; print("numpy", numpy.__version__)'
     ;;
 video)
     # sam2_video runs Meta's predictor in PyTorch: no onnxruntime-gpu needed.

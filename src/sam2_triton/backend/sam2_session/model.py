@@ -25,27 +25,22 @@ INT32 [2]. A request gets only the outputs it asks for (all when it names none).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sam2_triton.backend.tensors import from_numpy, to_numpy
+from sam2_triton.backend.sequence import answer_batch, read_inputs, read_points, read_sequence
 from sam2_triton.export import CUDA_MODEL_FILENAME
 from sam2_triton.sessions.image import (
     OUTPUTS,
     ImageSession,
     ImageSessionEngine,
-    RequestError,
     SessionLimits,
     SessionRequest,
 )
 from sam2_triton.sessions.runtime import torch_device
 from sam2_triton.sessions.store import Sweeper
-
-#: The control inputs the sequence batcher fills in (see the config).
-START, END, CORRID = "START", "END", "CORRID"
 
 
 def _param(config: dict, key: str, default: str) -> str:
@@ -115,71 +110,34 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        parsed: list[tuple[int, SessionRequest]] = []
-        for i, request in enumerate(requests):
-            try:
-                parsed.append((i, self._read(request)))
-            except RequestError as e:
-                responses[i] = self._error(str(e))
-        try:
-            answers = self.engine.execute([r for _, r in parsed])
-        except Exception as e:  # noqa: BLE001 - report, keep serving
-            answers = [e] * len(parsed)
-        for (i, request), answer in zip(parsed, answers):
-            if isinstance(answer, RequestError):
-                responses[i] = self._error(str(answer))
-            elif isinstance(answer, Exception):
-                responses[i] = self._error(f"{self.name} failed: {answer}", internal=True)
-            else:
-                tensors = [
-                    from_numpy(name, value[None])
-                    for name in OUTPUTS
-                    if name in request.outputs and (value := self._output(answer, name)) is not None
-                ]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-        return responses
+        return answer_batch(self.name, requests, self._read, self.engine.execute, self._outputs)
 
     def _read(self, request) -> SessionRequest:
-        """The request's inputs, each checked against its limit from its declared shape
-        before any array is made of it."""
-        values = {}
-        for name, limit in self.max_elements.items():
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                continue
-            count = math.prod(int(d) for d in tensor.shape())
-            if count > limit:
-                raise RequestError(f"{name} has {count} values; at most {limit} are accepted")
-            values[name] = to_numpy(tensor)[0]  # drop Triton's batch dim
-        control = {
-            name: pb_utils.get_input_tensor_by_name(request, name) for name in (START, END, CORRID)
-        }
-        if control[CORRID] is None:
-            raise RequestError("sam2_session needs a sequence_id (one per session)")
-        points = values.get("point_coords")
-        labels = values.get("point_labels")
-        if labels is not None and points is None:
-            raise RequestError("point_labels given without point_coords")
-        if labels is not None and len(labels) != len(points):
-            raise RequestError(
-                f"{len(labels)} point_labels for {len(points)} point_coords: one label per point"
-            )
+        values = read_inputs(request, self.max_elements)
+        session_id, start, end = read_sequence(request, self.name)
+        points, labels = read_points(values)
         image = values.get("image_bytes")
         asked = request.requested_output_names()
         return SessionRequest(
-            session_id=int(to_numpy(control[CORRID]).reshape(-1)[0]),
-            start=bool(to_numpy(control[START]).reshape(-1)[0]) if control[START] else False,
-            end=bool(to_numpy(control[END]).reshape(-1)[0]) if control[END] else False,
+            session_id=session_id,
+            start=start,
+            end=end,
             image_bytes=None if image is None else image.tobytes(),
-            points=None if points is None or not len(points) else points.astype(np.float32),
-            labels=None if labels is None or not len(labels) else labels.astype(np.int64),
+            points=points,
+            labels=None if labels is None else labels.astype(np.int64),
             box=None if values.get("box") is None else values["box"].astype(np.float32),
             multimask=bool(values.get("multimask_output", [False])[0]),
             use_previous_mask=bool(values.get("use_previous_mask", [False])[0]),
             mask_input=values.get("mask_input"),
             outputs=frozenset(asked) if asked else frozenset(OUTPUTS),
         )
+
+    def _outputs(self, answer, request: SessionRequest) -> list[tuple[str, np.ndarray]]:
+        return [
+            (name, value)
+            for name in OUTPUTS
+            if name in request.outputs and (value := self._output(answer, name)) is not None
+        ]
 
     @staticmethod
     def _output(answer, name: str) -> np.ndarray | None:
@@ -188,11 +146,6 @@ class TritonPythonModel:
         if name == "mask_png":
             return None if answer.mask_png is None else np.frombuffer(answer.mask_png, np.uint8)
         return getattr(answer, name)
-
-    @staticmethod
-    def _error(message: str, internal: bool = False):
-        code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
     def finalize(self) -> None:
         self.sweeper.stop()

@@ -40,7 +40,6 @@ of the video), ``masks`` UINT8 [F, O, H, W] (0/1 at the frame's original size),
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -51,9 +50,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from sam2_triton.backend.tensors import from_numpy, to_numpy
+from sam2_triton.backend.sequence import (  # noqa: E402
+    answer_batch,
+    read_inputs,
+    read_points,
+    read_sequence,
+)
 from sam2_triton.models import UserError, get_model_size  # noqa: E402
-from sam2_triton.sessions.image import RequestError  # noqa: E402
 from sam2_triton.sessions.runtime import torch_device  # noqa: E402
 from sam2_triton.sessions.store import Sweeper  # noqa: E402
 from sam2_triton.sessions.video import (  # noqa: E402
@@ -66,8 +69,6 @@ from sam2_triton.sessions.video import (  # noqa: E402
     hole_filling_available,
 )
 
-#: The control inputs the sequence batcher fills in (see the config).
-START, END, CORRID = "START", "END", "CORRID"
 _FLAGS = ("clear_old_points", "remove_object", "propagate", "reverse")
 _NUMBERS = ("frame_index", "object_id", "start_frame", "max_frames")
 
@@ -154,69 +155,31 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        parsed: list[tuple[int, VideoRequest]] = []
-        for i, request in enumerate(requests):
-            try:
-                parsed.append((i, self._read(request)))
-            except RequestError as e:
-                responses[i] = self._error(str(e))
-        answers = self.engine.execute([r for _, r in parsed])
-        for (i, request), answer in zip(parsed, answers):
-            if isinstance(answer, RequestError):
-                responses[i] = self._error(str(answer))
-            elif isinstance(answer, Exception):
-                responses[i] = self._error(f"{self.name} failed: {answer}", internal=True)
-            else:
-                tensors = [
-                    from_numpy(name, self._output(answer, name)[None])
-                    for name in VIDEO_OUTPUTS
-                    if name in request.outputs
-                ]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-        return responses
+        return answer_batch(self.name, requests, self._read, self.engine.execute, self._outputs)
 
     def _read(self, request) -> VideoRequest:
-        """The request's inputs, each checked against its limit from its declared shape
-        before any array is made of it."""
-        values = {}
-        for name, limit in self.max_elements.items():
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                continue
-            count = math.prod(int(d) for d in tensor.shape())
-            if count > limit:
-                raise RequestError(f"{name} has {count} values; at most {limit} are accepted")
-            values[name] = to_numpy(tensor)[0]  # drop Triton's batch dim
-        control = {
-            name: pb_utils.get_input_tensor_by_name(request, name) for name in (START, END, CORRID)
-        }
-        if control[CORRID] is None:
-            raise RequestError("sam2_video needs a sequence_id (one per video)")
-        points = values.get("point_coords")
-        labels = values.get("point_labels")
-        if labels is not None and points is None:
-            raise RequestError("point_labels given without point_coords")
-        if labels is not None and len(labels) != len(points):
-            raise RequestError(
-                f"{len(labels)} point_labels for {len(points)} point_coords: one label per point"
-            )
+        values = read_inputs(request, self.max_elements)
+        session_id, start, end = read_sequence(request, self.name)
+        points, labels = read_points(values)
         flags = {name: bool(values[name][0]) for name in _FLAGS if name in values}
         numbers = {name: int(values[name][0]) for name in _NUMBERS if name in values}
         asked = request.requested_output_names()
         return VideoRequest(
-            session_id=int(to_numpy(control[CORRID]).reshape(-1)[0]),
-            start=bool(to_numpy(control[START]).reshape(-1)[0]) if control[START] else False,
-            end=bool(to_numpy(control[END]).reshape(-1)[0]) if control[END] else False,
+            session_id=session_id,
+            start=start,
+            end=end,
             frames=[bytes(f) for f in values.get("frames", ())],
-            points=None if points is None or not len(points) else points.astype(np.float32),
-            labels=None if labels is None or not len(labels) else labels.astype(np.int32),
+            points=points,
+            labels=None if labels is None else labels.astype(np.int32),
             box=None if values.get("box") is None else values["box"].astype(np.float32),
             mask=values.get("mask"),
             **flags,
             **numbers,
             outputs=frozenset(asked) if asked else frozenset(VIDEO_OUTPUTS),
         )
+
+    def _outputs(self, answer, request: VideoRequest) -> list[tuple[str, np.ndarray]]:
+        return [(n, self._output(answer, n)) for n in VIDEO_OUTPUTS if n in request.outputs]
 
     @staticmethod
     def _output(answer, name: str) -> np.ndarray:
@@ -225,11 +188,6 @@ class TritonPythonModel:
         if name == "video_size":
             return np.asarray(answer.video_size, np.int32)
         return getattr(answer, name)
-
-    @staticmethod
-    def _error(message: str, internal: bool = False):
-        code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
     def finalize(self) -> None:
         self.sweeper.stop()
