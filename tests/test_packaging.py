@@ -583,15 +583,31 @@ def test_no_model_artefacts_are_tracked():
     assert not artefacts, f"model files must not be committed: {artefacts}"
 
 
-def test_dockerfile_installs_the_session_backend_where_triton_looks():
+def test_dockerfile_installs_the_python_backends_where_triton_looks():
     """NGC's Triton finds a Python-based backend at <backend-directory>/<backend>/model.py;
-    the image puts sam2_session's there, with the packages its modules import."""
+    the image puts sam2_session's and sam2_video's there, with the packages their modules
+    import, pinned as CI tests them."""
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    backend = model_config.session_config(model_config.RepositoryParams()).backend
-    assert f"/opt/tritonserver/backends/{backend}/model.py" in dockerfile
-    assert f"backend/{backend}/model.py" in dockerfile
-    for package in ("torch==", "onnxruntime-gpu==", "pillow==", "opencv-python-headless=="):
+    params = model_config.RepositoryParams()
+    backends = {
+        model_config.session_config(params).backend,
+        model_config.video_config(params).backend,
+    }
+    looped = re.search(r"for backend in ([\w ]+); do", dockerfile)
+    assert looped and set(looped[1].split()) == backends
+    assert '"$package/backend/$backend/model.py"' in dockerfile
+    assert '"/opt/tritonserver/backends/$backend/model.py"' in dockerfile
+    for backend in backends:
+        assert (ROOT / "src" / "sam2_triton" / "backend" / backend / "model.py").is_file()
+    for package in ("onnxruntime-gpu==", "pillow==", "opencv-python-headless=="):
         assert package in dockerfile, package
     constraints = (ROOT / ".ci" / "constraints.txt").read_text()
-    torch = re.search(r"^torch==(\S+)$", constraints, re.M)[1]
-    assert f'"torch=={torch}"' in dockerfile  # the torch CI tests
+    for package in ("torch", "hydra-core", "iopath"):  # the versions CI tests
+        version = re.search(rf"^{package}==(\S+)$", constraints, re.M)[1]
+        assert f'"{package}=={version}"' in dockerfile, package
+    # Meta's package as scripts/install_dev.sh installs it: its Python only, after torch.
+    install = (ROOT / "scripts" / "install_dev.sh").read_text()
+    sam2 = re.search(r'"sam2==[^"]+"', install)[0]
+    assert f"SAM2_BUILD_CUDA=0 python3 -m pip install --no-build-isolation --no-deps {sam2}" in (
+        dockerfile
+    )
