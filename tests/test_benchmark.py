@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 
 def test_quick_benchmark_against_embedded_triton(
@@ -80,3 +80,17 @@ def test_quick_benchmark_against_embedded_triton(
     assert "| compute infer |" in md
     assert all("fp16" in s["case"] for s in report["skipped"]), report["skipped"]
     assert (out / "latency_vs_concurrency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_the_session_cases(tmp_path):
+    """The committed H100 run's session results alone still make a plot, with a line per
+    protocol and answer (a click answered with run lengths is not one answered with masks)."""
+    from sam2_triton.bench import report as rep
+
+    run = ROOT / "docs/benchmarks/h100/2026-11-27/served_base_plus_sessions_and_stateless.json"
+    report = json.loads(run.read_text())
+    report["results"] = [r for r in report["results"] if r["model"].startswith("session")]
+    clicks = [r for r in report["results"] if r["model"] == "session_decode"]
+    assert len({rep._series(r) for r in clicks}) == 4  # {http, grpc} × {mask_rle, masks}
+    png = rep.plot_latency_vs_concurrency(report, tmp_path / "plot.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

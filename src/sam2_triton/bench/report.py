@@ -25,6 +25,22 @@ def _transport(r: dict) -> str:
     return "on device" if r["backend"] == "pytorch" else "numpy (photos)"
 
 
+def _answer(r: dict) -> str:
+    """What a session click asked for besides the IoU (``mask_rle``, ``masks``...)."""
+    return "+".join(o for o in r.get("outputs", []) if o != "iou_predictions") or "iou"
+
+
+def _series(r: dict) -> str:
+    """One line of the plot: what varies between a model's results besides concurrency."""
+    if r["model"].startswith("session"):
+        # A session's transport is its protocol alone; its clicks differ by their answer.
+        answer = f" {_answer(r)}" if r["model"] == "session_decode" else ""
+        key = f"{r['backend']} {r['protocol']}{answer} {r['precision']}"
+    else:
+        key = f"{r['backend']} {_transport(r)} {r['precision']} b{r['batch']}"
+    return key + (f" {r['label']}" if r.get("label") else "")
+
+
 def _size(r: dict) -> str:
     if r["model"] == "decoder":
         return f"{r['batch']} × {r.get('points', '?')} pts"
@@ -35,8 +51,7 @@ def _size(r: dict) -> str:
     if r["model"] == "session_start":
         return r.get("image", "1")
     if r["model"] == "session_decode":
-        answer = "+".join(o for o in r.get("outputs", []) if o != "iou_predictions")
-        return f"1 click, {answer}, {r.get('request_bytes', '?')} B request"
+        return f"1 click, {_answer(r)}, {r.get('request_bytes', '?')} B request"
     return str(r["batch"])
 
 
@@ -121,6 +136,17 @@ def write_markdown(report: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+#: The models the plot draws, one panel each, in this order.
+PLOTTED_MODELS = (
+    "encoder",
+    "decoder",
+    "decoder_prompts",
+    "interactive",
+    "session_start",
+    "session_decode",
+)
+
+
 def plot_latency_vs_concurrency(report: dict, path: str | os.PathLike) -> Path | None:
     """p50 latency (p90–p99 as a band) against concurrency, one panel per model.
 
@@ -133,11 +159,7 @@ def plot_latency_vs_concurrency(report: dict, path: str | os.PathLike) -> Path |
     import matplotlib.pyplot as plt
 
     results = report["results"]
-    models = [
-        m
-        for m in ("encoder", "decoder", "decoder_prompts", "interactive")
-        if any(r["model"] == m for r in results)
-    ]
+    models = [m for m in PLOTTED_MODELS if any(r["model"] == m for r in results)]
     if not models:
         return None
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
@@ -145,10 +167,7 @@ def plot_latency_vs_concurrency(report: dict, path: str | os.PathLike) -> Path |
         series: dict[str, list[dict]] = defaultdict(list)
         for r in results:
             if r["model"] == model:
-                key = f"{r['backend']} {_transport(r)} {r['precision']} b{r['batch']}" + (
-                    f" {r['label']}" if r.get("label") else ""
-                )
-                series[key].append(r)
+                series[_series(r)].append(r)
         for key, rs in sorted(series.items()):
             rs = sorted(rs, key=lambda r: r["concurrency"])
             x = [r["concurrency"] for r in rs]
@@ -164,14 +183,18 @@ def plot_latency_vs_concurrency(report: dict, path: str | os.PathLike) -> Path |
         seen = set()
         for r in results:
             base = r.get("baseline")
-            if r["model"] == model and base and (r["batch"], base["device"]) not in seen:
-                seen.add((r["batch"], base["device"]))
+            if r["model"] != model or not base:
+                continue
+            what = _answer(r) if model == "session_decode" else f"b{r['batch']}"
+            if (what, base["device"]) not in seen:
+                seen.add((what, base["device"]))
+                engine = "session engine" if model.startswith("session") else "ORT"
                 ax.axhline(
                     base["latency_ms_p50"],
                     linestyle="--",
                     color="gray",
                     linewidth=1,
-                    label=f"in-process ORT {base['device']} b{r['batch']} (baseline)",
+                    label=f"in-process {engine} {base['device']} {what} (baseline)",
                 )
         ax.set_title(f"{model} ({report['config'].get('model_size')})")
         ax.set_xlabel("concurrent clients")
