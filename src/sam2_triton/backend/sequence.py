@@ -1,10 +1,11 @@
 """What the sequence-batched Python-based backends (``sam2_session``, ``sam2_video``) share.
 
-Reading a request: its inputs, each checked against a limit from its declared shape before
-any array is made of it; the sequence batcher's control inputs (which session, whether the
-request starts or ends it); points with their labels. Answering a batch: the engine's answer
-or error for each request, a one-line ``INVALID_ARG`` (HTTP 400) for a request the model
-cannot serve and ``INTERNAL`` for a failure of its own. Imported inside Triton's stub only.
+Reading the config's parameters, and a request: its inputs, each checked against a limit from
+its declared shape before any array is made of it; the sequence batcher's control inputs
+(which session, whether the request starts or ends it); points with their labels. Answering a
+batch: the engine's answer or error for each request, a one-line ``INVALID_ARG`` (HTTP 400)
+for a request the model cannot serve and ``INTERNAL`` for a failure of its own. Imported inside
+Triton's stub only.
 
 Tensors cross between the stub and numpy through DLPack (torch). Why not the stub's
 ``Tensor.as_numpy()`` and ``Tensor(name, array)``: a stub built against numpy 1.x (the
@@ -26,6 +27,12 @@ from sam2_triton.sessions.image import RequestError
 
 #: The control inputs the sequence batcher fills in (see model_config's sequence configs).
 START, END, CORRID = "START", "END", "CORRID"
+
+
+def parameter(config: dict, key: str, default: str) -> str:
+    """A ``parameters`` entry of the model's config (as ``initialize`` gets it), or
+    ``default`` where the config leaves it out or empty."""
+    return config.get("parameters", {}).get(key, {}).get("string_value", "") or default
 
 
 def to_numpy(tensor) -> np.ndarray:

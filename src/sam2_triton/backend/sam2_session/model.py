@@ -30,7 +30,13 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sam2_triton.backend.sequence import answer_batch, read_inputs, read_points, read_sequence
+from sam2_triton.backend.sequence import (
+    answer_batch,
+    parameter,
+    read_inputs,
+    read_points,
+    read_sequence,
+)
 from sam2_triton.export import CUDA_MODEL_FILENAME
 from sam2_triton.sessions.image import (
     OUTPUTS,
@@ -43,29 +49,30 @@ from sam2_triton.sessions.runtime import torch_device
 from sam2_triton.sessions.store import Sweeper
 
 
-def _param(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", "") or default
-
-
 class TritonPythonModel:
     """One ``sam2_session`` instance: its sessions and its ONNX Runtime sessions."""
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.name = config["name"]
+        defaults = SessionLimits()
+
+        def number(key: str, default: float) -> float:
+            return float(parameter(config, key, str(default)))
+
         limits = SessionLimits(
-            max_sessions=int(_param(config, "max_sessions", "64")),
-            idle_timeout_s=float(_param(config, "session_idle_timeout_s", "600")),
-            max_image_pixels=int(_param(config, "max_image_pixels", "64000000")),
-            max_image_bytes=int(_param(config, "max_image_bytes", str(64 << 20))),
-            max_points=int(_param(config, "max_points", "64")),
-            max_encode_batch=int(_param(config, "max_encode_batch", "8")),
+            max_sessions=int(number("max_sessions", defaults.max_sessions)),
+            idle_timeout_s=number("session_idle_timeout_s", defaults.idle_timeout_s),
+            max_image_pixels=int(number("max_image_pixels", defaults.max_image_pixels)),
+            max_image_bytes=int(number("max_image_bytes", defaults.max_image_bytes)),
+            max_points=int(number("max_points", defaults.max_points)),
+            max_encode_batch=int(number("max_encode_batch", defaults.max_encode_batch)),
         )
         # The networks are the repository's own exported graphs: the config names their model
         # folders (in this repository, or absolute paths).
         repository = Path(args["model_repository"]).parent
         graphs = [
-            repository / _param(config, f"{role}_model", f"sam2_{role}") / "1" / "model.onnx"
+            repository / parameter(config, f"{role}_model", f"sam2_{role}") / "1" / "model.onnx"
             for role in ("encoder", "decoder")
         ]
         kind = args.get("model_instance_kind", "CPU")
@@ -81,8 +88,8 @@ class TritonPythonModel:
                 *graphs,
                 device,
                 limits,
-                intra_op_threads=int(_param(config, "intra_op_thread_count", "0")),
-                cuda_graphs=_param(config, "decoder_cuda_graphs", "true").lower() == "true",
+                intra_op_threads=int(parameter(config, "intra_op_thread_count", "0")),
+                cuda_graphs=parameter(config, "decoder_cuda_graphs", "true").lower() == "true",
                 on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
             )
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable

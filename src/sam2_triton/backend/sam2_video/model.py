@@ -52,6 +52,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from sam2_triton.backend.sequence import (  # noqa: E402
     answer_batch,
+    parameter,
     read_inputs,
     read_points,
     read_sequence,
@@ -73,10 +74,6 @@ _FLAGS = ("clear_old_points", "remove_object", "propagate", "reverse")
 _NUMBERS = ("frame_index", "object_id", "start_frame", "max_frames")
 
 
-def _param(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", "") or default
-
-
 class TritonPythonModel:
     """One ``sam2_video`` instance: its videos and its copy of Meta's video predictor."""
 
@@ -85,12 +82,14 @@ class TritonPythonModel:
         self.name = config["name"]
 
         def number(key: str, default: int) -> int:
-            return int(_param(config, key, str(default)))
+            return int(parameter(config, key, str(default)))
 
         defaults = VideoLimits()
         limits = VideoLimits(
             max_videos=number("max_videos", defaults.max_videos),
-            idle_timeout_s=float(_param(config, "video_idle_timeout_s", "600")),
+            idle_timeout_s=float(
+                parameter(config, "video_idle_timeout_s", str(defaults.idle_timeout_s))
+            ),
             max_frames=number("max_frames", defaults.max_frames),
             max_objects=number("max_objects", defaults.max_objects),
             max_frame_pixels=number("max_frame_pixels", defaults.max_frame_pixels),
@@ -109,7 +108,7 @@ class TritonPythonModel:
         weights = (
             Path(args["model_repository"])
             / args["model_version"]
-            / _param(config, "weights", "model.pt")
+            / parameter(config, "weights", "model.pt")
         )
         kind = args.get("model_instance_kind", "CPU")
         device_id = int(args.get("model_instance_device_id", 0) or 0)
@@ -120,19 +119,19 @@ class TritonPythonModel:
                     f"{weights} is missing (scripts/export_onnx.py copies the checkpoint there)"
                 )
             device = torch_device(kind, device_id)
-            size = get_model_size(_param(config, "sam2_model_size", "base_plus"))
+            size = get_model_size(parameter(config, "sam2_model_size", "base_plus"))
             predictor = build_video_predictor(
                 size,
                 weights,
                 device,
                 image_size=number("image_size", 0),
-                vos_optimized=_param(config, "vos_optimized", "false") == "true",
+                vos_optimized=parameter(config, "vos_optimized", "false") == "true",
             )
             self.engine = VideoSessionEngine(
                 predictor,
                 device,
                 limits,
-                precision=_param(config, "precision", "float32"),
+                precision=parameter(config, "precision", "float32"),
                 on_drop=lambda key, _v, why: log.log_verbose(f"{self.name}: video {key} {why}"),
             )
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
