@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +29,15 @@ def run_script(name: str, *args: str, check: bool = True, timeout: float = 300, 
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def repository_of(source: Path, dest: Path, *models: str) -> Path:
+    """``dest`` holding only ``models`` of the repository ``source``, hard-linked (no copying
+    of ONNX files). A server that needs two models starts in seconds instead of loading all
+    of them (sam2_session and sam2_video take most of a start)."""
+    for name in models:
+        shutil.copytree(source / name, dest / name, copy_function=os.link)
+    return dest
 
 
 @contextlib.contextmanager

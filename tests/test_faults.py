@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import repository_of
 
 from sam2_triton.client import Sam2Client, UserError
 from sam2_triton.server import EmbeddedTriton, free_port
@@ -21,9 +22,11 @@ def start(repository, ports, log):
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_session_survives_a_restart_then_fails_clearly(tiny_repository, photos, tmp_path, protocol):
+    # The two models the client calls: a restart takes seconds, well within the retries.
+    repository = repository_of(tiny_repository, tmp_path / "repo", "sam2_encoder", "sam2_decoder")
     ports = (free_port(), free_port(), free_port())
     log = open(tmp_path / "triton.log", "w")  # noqa: SIM115 - shared by two servers
-    server = start(tiny_repository, ports, log)
+    server = start(repository, ports, log)
     url = f"127.0.0.1:{ports[0] if protocol == 'http' else ports[1]}"
     client = Sam2Client(url, protocol, retries=5)
     try:
@@ -34,7 +37,7 @@ def test_session_survives_a_restart_then_fails_clearly(tiny_repository, photos, 
         server.stop()
         restarted = {}
         thread = threading.Thread(
-            target=lambda: restarted.update(server=start(tiny_repository, ports, log))
+            target=lambda: restarted.update(server=start(repository, ports, log))
         )
         thread.start()
         t0 = time.monotonic()

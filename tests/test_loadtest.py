@@ -15,7 +15,7 @@ def test_short_load_run_has_no_errors_and_identical_answers(triton_server, tmp_p
     out = tmp_path / "load.json"
     proc = run_script(
         "loadtest.py",
-        *("--url", triton_server.http_url, "--clients", 8, "--duration", 10),
+        *("--url", triton_server.http_url, "--clients", 8, "--duration", 3),
         *("--decodes", 3, "--json", out),
         check=False,
         timeout=400,
@@ -38,7 +38,7 @@ def test_sessions_mode_has_no_errors_and_identical_answers(triton_server, tmp_pa
     proc = run_script(
         "loadtest.py",
         *("--url", triton_server.grpc_url, "--protocol", "grpc", "--mode", "sessions"),
-        *("--clients", 8, "--duration", 8, "--decodes", 3, "--json", out),
+        *("--clients", 8, "--duration", 3, "--decodes", 3, "--json", out),
         check=False,
         timeout=400,
     )

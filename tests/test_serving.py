@@ -379,4 +379,5 @@ def test_startup_without_tritonserver(tiny_repository):
 
 def test_server_log_names_backend_choice(triton_server):
     log = triton_server.log_path.read_text()
-    assert "sam2_encoder: ONNX Runtime" in log and "CPUExecutionProvider" in log
+    # Which file, which runtime, which providers: what a user checks when a model is slow.
+    assert "sam2_encoder: model.onnx on ONNX Runtime" in log and "CPUExecutionProvider" in log

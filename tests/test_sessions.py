@@ -411,6 +411,11 @@ def test_bad_prompts_get_400_and_harm_nobody(triton_server, photos, bystander):
 # --- bounds: a small server -------------------------------------------------------------------
 
 
+#: Big allocations straight from mmap (glibc's threshold fixed instead of adaptive): freed
+#: memory goes back at once, so the stub's RSS is what it really holds (see the memory test).
+MMAP_THRESHOLD = ("MALLOC_MMAP_THRESHOLD_", "131072")
+
+
 @pytest.fixture(scope="module")
 def small_server(tiny_repository, tmp_path_factory):
     """A repository of sam2_session alone (one instance, at most 2 sessions) that reads the
@@ -437,11 +442,9 @@ def small_server(tiny_repository, tmp_path_factory):
         metrics_port=free_port(),
         exit_timeout_s=5,
     )
-    # Big allocations straight from mmap (glibc's threshold fixed instead of adaptive): freed
-    # memory goes back at once, so the stub's RSS is what it really holds (see the memory
-    # test). ONNX Runtime's arena still keeps its peak, as it does in production.
+    # ONNX Runtime's arena still keeps its peak, as it does in production.
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+        env.setenv(*MMAP_THRESHOLD)
         with serving(server, tmp_path_factory.mktemp("small") / "tritonserver.log"):
             env.undo()
             yield server
@@ -501,7 +504,8 @@ def test_server_restart_loses_sessions_and_the_client_starts_them_again(small_se
         session = client.session(png_bytes(image))
         before = session.predict(**kw)
         small_server.stop()
-        with open(small_server.log_path, "a") as log:
+        with open(small_server.log_path, "a") as log, pytest.MonkeyPatch.context() as env:
+            env.setenv(*MMAP_THRESHOLD)  # as at its first start (the memory test reads it)
             small_server.start(stdout=log, stderr=subprocess.STDOUT)
         small_server.wait_ready(timeout=120)
         after = session.predict(**kw)
