@@ -7,6 +7,7 @@ nginx configuration for real.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -200,6 +201,54 @@ def test_triton_probes_use_triton_health_endpoints(overlay):
     startup = container["startupProbe"]
     # TensorRT engine builds: as long as the compose healthcheck's start_period (30 min).
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+
+
+def test_setups_stub_liveness_patch_renders_and_runs_the_probe_in_the_image(tmp_path):
+    """SETUP.md's overlay that makes the health probe the liveness probe: it renders on the GPU
+    overlay, replaces the HTTP check, and runs a file that docker/Dockerfile puts there."""
+    setup = (ROOT / "SETUP.md").read_text()
+    marker = (
+        "# my-overlay/liveness.yaml, listed under `patches:` in my-overlay/kustomization.yaml\n"
+    )
+    patch = setup.split(marker)[1].split("```")[0]
+    overlay = tmp_path / "my-overlay"
+    overlay.mkdir()
+    (overlay / "liveness.yaml").write_text(patch)
+    gpu = os.path.relpath(DEPLOY / "overlays" / "gpu", overlay)  # kustomize wants it relative
+    (overlay / "kustomization.yaml").write_text(
+        f"resources: [{gpu}]\npatches:\n  - path: liveness.yaml\n"
+    )
+    proc = subprocess.run(
+        [kubectl(), "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [deployment] = [
+        d
+        for d in yaml.safe_load_all(proc.stdout)
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "sam2-triton"
+    ]
+    [triton] = deployment["spec"]["template"]["spec"]["containers"]
+    probe = triton["livenessProbe"]
+    assert "httpGet" not in probe
+    command = probe["exec"]["command"]
+    assert command[:2] == ["python3", "/opt/sam2-triton/src/sam2_triton/health.py"]
+    assert (
+        command[command.index("--url") + 1] == f"127.0.0.1:{triton_ports('overlays/gpu')['http']}"
+    )
+    # docker/Dockerfile copies src/ to /opt/sam2-triton/src, so the file is in the image.
+    assert "COPY src /opt/sam2-triton/src" in (ROOT / "docker" / "Dockerfile").read_text()
+    # The probe's own flags are ones it takes (the standard library only, as in the image).
+    flags = command[2:]
+    help_text = subprocess.run(
+        [sys.executable, "-I", "-S", str(ROOT / "src/sam2_triton/health.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert all(f in help_text for f in flags if f.startswith("--"))
 
 
 def test_triton_http_port_is_the_one_its_probes_ask():
