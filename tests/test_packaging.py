@@ -611,3 +611,44 @@ def test_dockerfile_installs_the_python_backends_where_triton_looks():
     assert f"SAM2_BUILD_CUDA=0 python3 -m pip install --no-build-isolation --no-deps {sam2}" in (
         dockerfile
     )
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each module of sam2_triton and the modules of the package it imports, anywhere in the
+    file (an import inside a function is an edge too)."""
+    import ast
+
+    root = ROOT / "src"
+    modules = {}
+    for path in (root / "sam2_triton").rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_modules_import_downward_only():
+    """No import circles in the package: walking the imports from any module never leads
+    back to it."""
+    graph = _package_imports()
+    circles = []
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module == start:
+                circles.append(start)
+                break
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
+    assert not circles, f"modules on an import circle: {sorted(circles)}"

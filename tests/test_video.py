@@ -189,7 +189,7 @@ def video_server(video_checkpoint, tmp_path_factory):
     """The real embedded tritonserver with sam2_video alone: one CPU instance, the tests'
     input size, at most 2 videos of 20 frames and 3 objects."""
     from sam2_triton import model_config as mc
-    from sam2_triton.export import write_video_repository
+    from sam2_triton.model_config import write_video_repository
     from sam2_triton.server import EmbeddedTriton, free_port
 
     params = mc.RepositoryParams.cpu_defaults("tiny")

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sam2_triton.checksums import check_sha256
-from sam2_triton.files import atomic_path, write_text_atomic
+from sam2_triton.files import atomic_path
 from sam2_triton.models import (
     EMBED_DIM,
     EMBED_SIZE,
@@ -386,20 +386,6 @@ def write_video_weights(checkpoint: str | os.PathLike, path: str | os.PathLike) 
         shutil.copyfile(checkpoint, tmp)
     record_sha256(path, file_sha256(path))
     return path
-
-
-def write_video_repository(repository: str | os.PathLike, checkpoint: str | os.PathLike, params):
-    """A model repository holding ``sam2_video`` alone: the config ``params``
-    (:class:`~sam2_triton.model_config.RepositoryParams`) asks for, for its device, as
-    ``config.pbtxt``, and the checkpoint's weights (the tests' and the video benchmark's
-    server)."""
-    from sam2_triton import model_config as mc
-
-    repository = Path(repository)
-    folder = repository / mc.VIDEO
-    write_video_weights(checkpoint, folder / "1" / mc.VIDEO_WEIGHTS)
-    write_text_atomic(folder / "config.pbtxt", mc.to_text(mc.video_config(params)))
-    return repository
 
 
 def copy_graph(source: str | os.PathLike, destination: str | os.PathLike) -> Path:

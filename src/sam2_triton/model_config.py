@@ -43,6 +43,7 @@ from sam2_triton.export import (
     PROMPT_CHECK_INPUTS,
     PROMPT_CHECK_OUTPUTS,
     TENSOR_SHAPES,
+    write_video_weights,
 )
 from sam2_triton.files import write_text_atomic
 from sam2_triton.models import MODEL_SIZES, UserError
@@ -686,6 +687,18 @@ def write_repository_configs(
     for model in (ENSEMBLE, SESSION, VIDEO):
         (repository / model / "1").mkdir(parents=True, exist_ok=True)
     return written
+
+
+def write_video_repository(
+    repository: str | os.PathLike, checkpoint: str | os.PathLike, params: RepositoryParams
+) -> Path:
+    """A model repository holding ``sam2_video`` alone: the config ``params`` asks for, for
+    its device, as ``config.pbtxt``, and the checkpoint's weights (the tests' and the video
+    benchmark's server)."""
+    repository = Path(repository)
+    write_video_weights(checkpoint, repository / VIDEO / "1" / VIDEO_WEIGHTS)
+    write_text_atomic(repository / VIDEO / "config.pbtxt", to_text(video_config(params)))
+    return repository
 
 
 _ONNX_TO_TRITON = {

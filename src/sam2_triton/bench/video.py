@@ -211,7 +211,7 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
         yield url, {"url": url, "started_here": False}
         return
     from sam2_triton import model_config as mc
-    from sam2_triton.export import write_video_repository
+    from sam2_triton.model_config import write_video_repository
     from sam2_triton.server import EmbeddedTriton, free_port
 
     base = (
