@@ -180,7 +180,8 @@ class SessionCaller:
 
 class InProcessSessions:
     """The baseline: :class:`ImageSessionEngine` called directly, on the files and device the
-    server uses (the encoder's fused graph on a GPU, as the server loads it)."""
+    server uses (the encoder's fused graph on a GPU, as the server loads it) with the
+    server's default of CUDA graphs for single decodes."""
 
     def __init__(self, repository, device: str) -> None:
         import torch
