@@ -41,7 +41,7 @@ from sam2_triton.client.outputs import encode_png
 from sam2_triton.client.prompts import make_prompt
 from sam2_triton.client.transforms import MASK_LOGIT_CLAMP, PIXEL_MEAN, PIXEL_STD, Sam2Transforms
 from sam2_triton.export import DECODER_OUTPUTS, ENCODER_OUTPUTS, TENSOR_SHAPES
-from sam2_triton.model_config import MAX_POINTS
+from sam2_triton.model_config import MAX_POINTS, SessionServing
 from sam2_triton.models import IMAGE_SIZE, LOW_RES_MASK_SIZE, UserError
 from sam2_triton.sessions.runtime import CudaGraphOrtSession, TorchOrtSession
 from sam2_triton.sessions.store import SessionStore, StoreFull
@@ -67,15 +67,16 @@ class SessionLimits:
     one arrives at a full instance); ``idle_timeout_s`` after its last request a session is
     dropped; images of more than ``max_image_pixels`` pixels or ``max_image_bytes`` bytes are
     refused; at most ``max_points`` points (a box counts as two) per prompt;
-    ``max_encode_batch`` new images per encoder run.
+    ``max_encode_batch`` new images per encoder run. The defaults are those the generated
+    config writes (:class:`~sam2_triton.model_config.SessionServing`).
     """
 
-    max_sessions: int = 64
-    idle_timeout_s: float = 600.0
-    max_image_pixels: int = 64_000_000
-    max_image_bytes: int = 64 << 20
+    max_sessions: int = SessionServing.max_sessions
+    idle_timeout_s: float = float(SessionServing.idle_timeout_s)
+    max_image_pixels: int = SessionServing.max_image_pixels
+    max_image_bytes: int = SessionServing.max_image_bytes
     max_points: int = MAX_POINTS
-    max_encode_batch: int = 8
+    max_encode_batch: int = SessionServing.max_encode_batch
 
 
 @dataclass

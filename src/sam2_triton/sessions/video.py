@@ -51,7 +51,7 @@ import numpy as np
 
 from sam2_triton.client.prompts import Prompt, make_prompt
 from sam2_triton.client.transforms import PIXEL_MEAN, PIXEL_STD
-from sam2_triton.model_config import MAX_POINTS, VIDEO_OUTPUT_TENSORS
+from sam2_triton.model_config import MAX_POINTS, VIDEO_OUTPUT_TENSORS, VideoServing
 from sam2_triton.models import IMAGE_SIZE, ModelSize, UserError
 from sam2_triton.sessions.image import RequestError
 from sam2_triton.sessions.store import SessionStore, StoreFull
@@ -86,21 +86,22 @@ class VideoLimits:
     propagation answers at most ``max_frames_per_response`` frames per request, fewer when
     their masks would exceed ``max_response_bytes``. At most ``max_mask_prompts`` mask
     prompts are kept per video (each holds an S×S float32 mask). ``decode_threads`` decode
-    the frames of one request in parallel.
+    the frames of one request in parallel. The defaults are those the generated config writes
+    (:class:`~sam2_triton.model_config.VideoServing`).
     """
 
-    max_videos: int = 2
-    idle_timeout_s: float = 600.0
-    max_frames: int = 600
-    max_objects: int = 8
-    max_frame_pixels: int = 16_000_000
-    max_frame_bytes: int = 32 << 20
-    max_frames_per_request: int = 16
-    max_frames_per_response: int = 16
-    max_response_bytes: int = 64 << 20
+    max_videos: int = VideoServing.max_videos
+    idle_timeout_s: float = float(VideoServing.idle_timeout_s)
+    max_frames: int = VideoServing.max_frames
+    max_objects: int = VideoServing.max_objects
+    max_frame_pixels: int = VideoServing.max_frame_pixels
+    max_frame_bytes: int = VideoServing.max_frame_bytes
+    max_frames_per_request: int = VideoServing.max_frames_per_request
+    max_frames_per_response: int = VideoServing.max_frames_per_response
+    max_response_bytes: int = VideoServing.max_response_bytes
     max_points: int = MAX_POINTS
-    max_mask_prompts: int = 16
-    decode_threads: int = 4
+    max_mask_prompts: int = VideoServing.max_mask_prompts
+    decode_threads: int = VideoServing.decode_threads
 
 
 @dataclass
