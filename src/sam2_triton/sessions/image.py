@@ -44,7 +44,7 @@ from sam2_triton.export import DECODER_OUTPUTS, ENCODER_OUTPUTS, TENSOR_SHAPES
 from sam2_triton.model_config import MAX_POINTS, SessionServing
 from sam2_triton.models import IMAGE_SIZE, LOW_RES_MASK_SIZE, UserError
 from sam2_triton.sessions.runtime import CudaGraphOrtSession, TorchOrtSession
-from sam2_triton.sessions.store import SessionStore, StoreFull
+from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
 if TYPE_CHECKING:
     import torch
@@ -164,11 +164,7 @@ def mask_to_rle(mask: "torch.Tensor") -> np.ndarray:
 
 def missing_session_message(session_id: Hashable, why: str | None) -> str:
     """The 400 for a prompt to a session that holds no image."""
-    reason = {
-        "evicted": "it was evicted to make room for newer sessions",
-        "expired": "it was idle for too long",
-        "ended": "it was ended",
-    }.get(why or "", "it was never started here, or the server restarted")
+    reason = why_missing_in_words(why, "sessions")
     return (
         f"session {session_id} has no image on this server ({reason}): start it again with "
         "the image (image_bytes with sequence_start)"

@@ -27,6 +27,17 @@ EXPIRED = "expired"
 ENDED = "ended"
 
 
+def why_missing_in_words(why: str | None, kind: str) -> str:
+    """Why a session is not in the store, for its 400: ``why`` as
+    :meth:`SessionStore.why_missing` gives it, ``kind`` what it holds ("sessions",
+    "videos")."""
+    return {
+        EVICTED: f"it was evicted to make room for newer {kind}",
+        EXPIRED: "it was idle for too long",
+        ENDED: "it was ended",
+    }.get(why or "", "it was never started here, or the server restarted")
+
+
 class StoreFull(Exception):
     """Every session is in use by the current batch; none can be evicted for a new one."""
 

@@ -54,7 +54,7 @@ from sam2_triton.client.transforms import PIXEL_MEAN, PIXEL_STD
 from sam2_triton.model_config import MAX_POINTS, VIDEO_OUTPUT_TENSORS, VideoServing
 from sam2_triton.models import IMAGE_SIZE, ModelSize, UserError
 from sam2_triton.sessions.image import RequestError
-from sam2_triton.sessions.store import SessionStore, StoreFull
+from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
 if TYPE_CHECKING:
     import torch
@@ -200,11 +200,7 @@ def tracked_bytes(image_size: int) -> int:
 
 def missing_video_message(session_id: Hashable, why: str | None) -> str:
     """The 400 for a request to a video this instance does not hold."""
-    reason = {
-        "evicted": "it was evicted to make room for newer videos",
-        "expired": "it was idle for too long",
-        "ended": "it was ended",
-    }.get(why or "", "it was never started here, or the server restarted")
+    reason = why_missing_in_words(why, "videos")
     return (
         f"video {session_id} has no frames on this server ({reason}): start a new video "
         "session and send its frames again"
