@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
 from sam2_triton.models import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are :class:`UserError`: one ``error:`` line through
+    :func:`run_cli`, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see --help)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None):

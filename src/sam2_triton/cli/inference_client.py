@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sam2_triton.cli import ArgumentParser
 from sam2_triton.model_config import SESSION
 from sam2_triton.models import UserError
 
@@ -45,8 +46,8 @@ the image as displayed (EXIF orientation applied), x to the right, y down.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are UserErrors: one line, no usage block."""
+class _Parser(ArgumentParser):
+    """The CLI's parser: one-line errors, and values such as ``-5,10`` taken as values."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,9 +56,6 @@ class _Parser(argparse.ArgumentParser):
         # so treat every such word as a value (the point is then refused as outside the
         # image, with its coordinates, instead of "expected at least one argument").
         self._negative_number_matcher = re.compile(r"^-\.?\d")
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
 
 
 def _floats(text: str, count: int, what: str, example: str) -> list[float]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sam2_triton.cli import ArgumentParser
 from sam2_triton.model_config import VIDEO
 from sam2_triton.models import UserError
 
@@ -57,15 +58,8 @@ OBJECT_COLOURS = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are UserErrors: one line, no usage block."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="video_client.py",
         description="Track objects through a video with SAM2.1 served by Triton (sam2_video): "
         "prompts on any frames in, a mask PNG per object and frame out.",
