@@ -67,6 +67,15 @@ def test_quick_benchmark_against_embedded_triton(
         if r["model"] == "session_decode":
             assert r["outputs"] in (["iou_predictions", "mask_rle"], ["iou_predictions", "masks"])
             assert 0 < r["request_bytes"] <= 2048, r  # a click is a small request
+            # Where a click's time goes in process, alone and in a batch of sessions.
+            assert r["baseline"]["stages_ms"]["decoder"] > 0, r
+            batch = r["baseline"]["batch"]
+            assert batch["batch"] == 2 and batch["throughput"] > 0, r
+            assert {"prompt", "decoder", "masks"} <= set(batch["stages_ms"]), r
+        else:
+            assert {"image decode", "encoder"} <= set(r["baseline"]["stages_ms"]), r
+        served = r["server"]["sam2_session"]  # Triton's split of the session model's time
+        assert served["requests"] >= r["calls"] and served["compute_infer_ms"] > 0, r
     for r in (r for r in triton if r not in sessions):
         base = r["baseline"]
         assert base["backend"] == "onnxruntime" and base["latency_ms_p50"] > 0, r
@@ -82,6 +91,7 @@ def test_quick_benchmark_against_embedded_triton(
     md = (out / "results.md").read_text()
     assert md.count("| triton |") == len(triton), md
     assert "| compute infer |" in md
+    assert "| session_decode (iou_predictions, mask_rle) | 2 |" in md  # stages, batch of 2
     assert all("fp16" in s["case"] for s in report["skipped"]), report["skipped"]
     assert (out / "latency_vs_concurrency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

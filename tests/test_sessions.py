@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import subprocess
 import threading
@@ -158,6 +159,78 @@ def test_engine_batches_prompts_of_several_sessions(engine, photos):
         (alone,) = engine.execute([request(key)])
         assert np.array_equal(answer.masks, alone.masks)
         assert np.allclose(answer.low_res_masks, alone.low_res_masks, atol=1e-5)
+
+
+def test_engine_answers_only_what_was_asked_alike_in_a_mixed_batch(engine, photos):
+    """A batch mixing multimask and single-mask prompts of two sessions, each asking for other
+    outputs: the best mask a request gets alone as run lengths or PNG (only that mask is
+    upsampled) equals the best of the full masks, and the stage clock saw every stage."""
+    from sam2_triton.sessions.image import SessionRequest
+    from sam2_triton.sessions.runtime import StageClock
+
+    images = {11: photos["astronaut"], 12: photos["chelsea"]}
+    engine.clock = StageClock(engine.device)
+    try:
+        engine.execute(
+            [SessionRequest(k, start=True, image_bytes=png_bytes(v)) for k, v in images.items()]
+        )
+
+        def request(key, multimask, outputs):
+            kw = PROMPT_CASES["points_with_negative"].pixels(images[key].shape[:2])
+            return SessionRequest(
+                key,
+                points=np.asarray(kw["points"], np.float32),
+                labels=np.asarray(kw["labels"]),
+                multimask=multimask,
+                outputs=frozenset(outputs),
+            )
+
+        full = ("masks", "iou_predictions")
+        few = ("mask_rle", "mask_png", "iou_predictions")
+        alone = {k: engine.execute([request(k, k == 11, full)])[0] for k in images}
+        mixed = engine.execute([request(11, True, few), request(12, False, few)])
+        stages = set(engine.clock.seconds)
+    finally:
+        engine.clock = None
+    assert {"image decode", "preprocess", "encoder", "prompt", "decoder", "masks"} <= stages
+    for key, answer in zip(images, mixed):
+        ref = alone[key]
+        assert answer.masks is None and answer.low_res_masks is None
+        assert np.allclose(answer.iou_predictions, ref.iou_predictions, atol=1e-5)
+        best = ref.masks[np.argmax(ref.iou_predictions)] == 1
+        assert 0 < best.sum() < best.size  # a real mask, not all or nothing
+        assert np.array_equal(rle_to_mask(answer.mask_rle, images[key].shape[:2]), best)
+        png = np.asarray(Image.open(io.BytesIO(answer.mask_png)))
+        assert np.array_equal(png == 255, best)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.zeros((3, 4), bool),
+        np.ones((3, 4), bool),
+        np.eye(4, 5, dtype=bool),
+        ~np.eye(5, 3, dtype=bool),
+        np.random.default_rng(0).random((17, 9)) > 0.5,
+    ],
+    ids=["empty", "full", "diagonal", "first-set", "random"],
+)
+def test_run_lengths_of_several_masks_at_once(mask):
+    """masks_to_rle counts every mask of a list in one pass; each equals COCO's column-major
+    runs (starting with 0s) and decodes back to its mask."""
+    import torch
+
+    from sam2_triton.sessions.image import mask_to_rle, masks_to_rle
+
+    others = [np.ones((2, 2), bool), mask, np.zeros((1, 5), bool)]
+    rles = masks_to_rle([torch.from_numpy(m) for m in others])
+    for m, rle in zip(others, rles):
+        flat = m.T.reshape(-1)
+        runs = [len(list(g)) for _, g in itertools.groupby(flat)]
+        expected = ([0] if flat[0] else []) + runs
+        assert rle.tolist() == expected
+        assert np.array_equal(rle_to_mask(rle, m.shape), m)
+    assert mask_to_rle(torch.from_numpy(mask)).tolist() == rles[1].tolist()
 
 
 def test_engine_forgets_idle_sessions_and_says_why(engine, photos):

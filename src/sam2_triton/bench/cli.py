@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ints,
         help="users clicking on sam2_session at once, one session each (default 1,8,32)",
     )
+    p.add_argument(
+        "--session-batch",
+        type=int,
+        help="sessions' clicks per execute in the in-process engine's batch case (default 16, "
+        "sam2_session's max batch)",
+    )
     p.add_argument("--triton-encoder-batches", type=_ints, help="images per request (default 1)")
     p.add_argument(
         "--triton-decoder-batches",
@@ -146,6 +152,7 @@ def config_from_args(args: argparse.Namespace):
         "wire_dtypes": "wire_dtypes",
         "concurrency": "concurrency",
         "session_concurrency": "session_concurrency",
+        "session_batch": "session_batch",
         "triton_encoder_batches": "triton_encoder_batches",
         "triton_decoder_batches": "triton_decoder_batches",
         "iterations": "iterations",

@@ -105,6 +105,29 @@ def markdown(report: dict) -> str:
                     f"| {st['compute_input_ms']:.2f} | {st['compute_infer_ms']:.2f} "
                     f"| {st['compute_output_ms']:.2f} |"
                 )
+    staged = [r for r in report["results"] if (r.get("baseline") or {}).get("stages_ms")]
+    if staged:
+        lines += [
+            "",
+            "The session engine in process, ms per call of each stage (a synchronisation "
+            "after each; batch: that many sessions' clicks in one call):",
+            "",
+            "| case | batch | stages |",
+            "|---|---|---|",
+        ]
+        seen = set()
+        for r in staged:
+            base = r["baseline"]
+            case = r["model"] + (f" ({', '.join(r['outputs'])})" if r.get("outputs") else "")
+            rows = [(1, base["stages_ms"])]
+            if base.get("batch"):
+                rows.append((base["batch"]["batch"], base["batch"]["stages_ms"]))
+            for batch, stages in rows:
+                if (case, batch) in seen:
+                    continue
+                seen.add((case, batch))
+                text = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                lines.append(f"| {case} | {batch} | {text} |")
     if report.get("graphs"):
         lines += [
             "",

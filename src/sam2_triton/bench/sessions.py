@@ -254,5 +254,57 @@ class InProcessSessions:
 
         return make
 
+    def decode_batch(
+        self, image: bytes, prompts: list[dict[str, np.ndarray]], outputs: Sequence[str], k: int
+    ) -> Callable[[int], Callable[[int], object]]:
+        """Each call: one click on each of ``k`` open sessions, in one ``execute`` (as the
+        sequence batcher hands an instance a batch of ``k`` sessions' requests)."""
+        from sam2_triton.sessions.image import SessionRequest
+
+        def make(_worker: int):
+            keys = [next(self._ids) for _ in range(k)]
+            self.engine.execute(
+                [SessionRequest(key, start=True, image_bytes=image) for key in keys]
+            )
+            batches = [
+                [
+                    SessionRequest(
+                        key,
+                        points=p["point_coords"],
+                        labels=p["point_labels"],
+                        outputs=frozenset(outputs),
+                    )
+                    for key in keys
+                ]
+                for p in prompts
+            ]
+
+            def call(i: int):
+                answers = self.engine.execute(batches[i % len(batches)])
+                for answer in answers:
+                    if isinstance(answer, Exception):
+                        raise answer
+                return answers
+
+            return call
+
+        return make
+
+    def stage_profile(self, make: Callable[[int], Callable[[int], object]], calls: int) -> dict:
+        """Milliseconds per call of each stage of the engine's work (the engine's
+        :class:`~sam2_triton.sessions.runtime.StageClock`, a synchronisation after each stage),
+        over ``calls`` calls after one untimed call."""
+        from sam2_triton.sessions.runtime import StageClock
+
+        call = make(0)
+        call(0)
+        self.engine.clock = StageClock(self.engine.device)
+        try:
+            for i in range(calls):
+                call(i)
+            return self.engine.clock.mean_ms(calls)
+        finally:
+            self.engine.clock = None
+
     def close(self) -> None:
         self.engine.close()

@@ -23,6 +23,7 @@ import numpy as np
 from sam2_triton.bench import inputs
 from sam2_triton.bench.stats import closed_loop, summarize
 from sam2_triton.export import CUDA_MODEL_FILENAME, DECODER_INPUTS
+from sam2_triton.model_config import SessionServing
 
 SCHEMA = "sam2-triton-benchmark/1"
 UNITS = {
@@ -60,6 +61,7 @@ class BenchConfig:
     session_concurrency: tuple[int, ...] = (1, 8, 32)  # users clicking on their own session
     session_protocols: tuple[str, ...] = ("http", "grpc")
     session_image: tuple[int, int] = (1920, 1080)  # the JPEG a session starts from (W, H)
+    session_batch: int = SessionServing.max_batch_size  # in-process: clicks of k sessions at once
     triton_encoder_batches: tuple[int, ...] = (1,)
     triton_decoder_batches: tuple[int, ...] = (1, 8)
     http_url: str | None = None
@@ -90,6 +92,7 @@ class BenchConfig:
             session_concurrency=(1,),
             session_protocols=("http",),
             session_image=(640, 480),
+            session_batch=2,
             triton_encoder_batches=(1,),
             triton_decoder_batches=(1, 4),
             shm=("none", "system"),
@@ -545,6 +548,7 @@ class Suite:
         """``sam2_session``: a session started from a JPEG file, and clicks (module
         :mod:`sam2_triton.bench.sessions`), beside the engine in process."""
         from sam2_triton.bench import sessions as bs
+        from sam2_triton.bench import triton as btriton
         from sam2_triton.model_config import SESSION
 
         c = self.config
@@ -575,7 +579,13 @@ class Suite:
                         )
                 for model, outputs, make, conc in cases:
                     self._describe(f"triton {protocol} {model} {outputs or ''} c{conc}")
-                    stats = self._measure(make, 1, conc)
+                    before: dict = {}
+
+                    def snapshot(into: dict = before) -> None:
+                        into.update(btriton.server_statistics(target, [SESSION]))
+
+                    stats = self._measure(make, 1, conc, on_start=snapshot)
+                    after = btriton.server_statistics(target, [SESSION])
                     extra = {"protocol": protocol, "shared_memory": "none", "wire_dtype": "fp32"}
                     if outputs is not None:
                         extra["outputs"] = list(outputs)
@@ -583,6 +593,8 @@ class Suite:
                             bs.request_bytes(p, outputs, 2**53 - 1) for p in prompts
                         )
                     result = record("triton", model, stats, concurrency=conc, **extra, **common)
+                    # Triton's own split of the timed calls: queue, the model's execute, ...
+                    result["server"] = btriton.server_breakdown(before, after)
                     base = baselines.get((model, outputs))
                     result["baseline"] = base
                     result["ratio"] = (
@@ -613,15 +625,30 @@ class Suite:
             self.skip("session baselines", f"{type(e).__name__}: {e}")
             return {}
         out: dict = {}
+        calls = max(self.config.iterations, 1)
         try:
             self._describe("in-process session_start")
-            out[("session_start", None)] = self._baseline(
-                engine.start(image), 1, device, "session_start"
-            )
+            start = engine.start(image)
+            out[("session_start", None)] = self._baseline(start, 1, device, "session_start")
+            # Where the time goes: the same calls again, each stage ended by a synchronisation.
+            out[("session_start", None)]["stages_ms"] = engine.stage_profile(start, calls)
             for outputs in (bs.RLE_OUTPUTS, bs.FULL_OUTPUTS):
                 self._describe(f"in-process session_decode {outputs}")
                 make = engine.decode(image, prompts, outputs)
-                out[("session_decode", outputs)] = self._baseline(make, 1, device, "session_decode")
+                base = self._baseline(make, 1, device, "session_decode")
+                base["stages_ms"] = engine.stage_profile(make, calls)
+                # The engine's ceiling for a batch of sessions' clicks (one execute call).
+                k = self.config.session_batch
+                self._describe(f"in-process session_decode {outputs} batch {k}")
+                batched = engine.decode_batch(image, prompts, outputs, k)
+                stats = self._measure(batched, k)
+                base["batch"] = {
+                    "batch": k,
+                    "latency_ms_p50": stats.p50,
+                    "throughput": round(stats.throughput, 2),
+                    "stages_ms": engine.stage_profile(batched, calls),
+                }
+                out[("session_decode", outputs)] = base
         finally:
             engine.close()
         return out

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ from sam2_triton.client.transforms import MASK_LOGIT_CLAMP, PIXEL_MEAN, PIXEL_ST
 from sam2_triton.export import DECODER_OUTPUTS, ENCODER_OUTPUTS, TENSOR_SHAPES
 from sam2_triton.model_config import MAX_POINTS, SessionServing
 from sam2_triton.models import IMAGE_SIZE, LOW_RES_MASK_SIZE, UserError
-from sam2_triton.sessions.runtime import CudaGraphOrtSession, TorchOrtSession
+from sam2_triton.sessions.runtime import CudaGraphOrtSession, StageClock, TorchOrtSession
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
 if TYPE_CHECKING:
@@ -139,27 +140,44 @@ class ImageSession:
         return 4 * (floats + LOW_RES_MASK_SIZE * LOW_RES_MASK_SIZE)
 
 
-def mask_to_rle(mask: "torch.Tensor") -> np.ndarray:
-    """COCO's uncompressed run-length encoding of an ``[H, W]`` bool mask: the lengths of
-    alternating runs of 0s and 1s over the pixels in column-major order (down each column,
-    then the next), starting with a run of 0s (0 long when the first pixel is set), int32.
-    ``pycocotools.mask.frPyObjects({"counts": list(rle), "size": [H, W]}, H, W)`` decodes it;
-    :func:`sam2_triton.client.outputs.rle_to_mask` does too."""
+def masks_to_rle(masks: "Sequence[torch.Tensor]") -> list[np.ndarray]:
+    """COCO's uncompressed run-length encoding of each ``[H, W]`` bool mask (sizes may
+    differ): the lengths of alternating runs of 0s and 1s over the pixels in column-major
+    order (down each column, then the next), starting with a run of 0s (0 long when the first
+    pixel is set), int32. ``pycocotools.mask.frPyObjects({"counts": list(rle), "size": [H,
+    W]}, H, W)`` decodes it; :func:`sam2_triton.client.outputs.rle_to_mask` does too.
+
+    Counted on the masks' device in one pass for all of them: the positions where a pixel
+    differs from the one before, of every mask at once, are found by one ``nonzero`` and cross
+    to the host in one copy (a single synchronisation however many masks), with each mask's
+    first pixel."""
     import torch
 
-    flat = mask.t().reshape(-1)
-    change = torch.nonzero(flat[1:] != flat[:-1]).flatten() + 1
-    edges = torch.cat(
-        [
-            torch.zeros(1, dtype=change.dtype, device=change.device),
-            change,
-            torch.full((1,), flat.numel(), dtype=change.dtype, device=change.device),
-        ]
-    )
-    runs = torch.diff(edges).to(torch.int32).cpu().numpy()
-    if flat.numel() and bool(flat[0]):
-        runs = np.concatenate([np.zeros(1, np.int32), runs])
-    return runs
+    if not masks:
+        return []
+    flats = [m.t().reshape(-1) for m in masks]
+    sizes = [f.numel() for f in flats]
+    # Mask i's changes sit at [offsets[i], offsets[i] + sizes[i]) of the joined flags; its
+    # first pixel never counts as a change (it is read on its own).
+    flags = torch.cat([torch.cat([f[:1] != f[:1], f[1:] != f[:-1]]) for f in flats])
+    firsts = torch.stack([f[0] for f in flats]).to(torch.int64)
+    found = torch.cat([firsts, torch.nonzero(flags).flatten()]).cpu().numpy()
+    first_set, changes = found[: len(flats)], found[len(flats) :]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    bounds = np.searchsorted(changes, offsets)
+    out = []
+    for i, size in enumerate(sizes):
+        edges = changes[bounds[i] : bounds[i + 1]] - offsets[i]
+        runs = np.diff(np.concatenate([[0], edges, [size]])).astype(np.int32)
+        if first_set[i]:
+            runs = np.concatenate([np.zeros(1, np.int32), runs])
+        out.append(runs)
+    return out
+
+
+def mask_to_rle(mask: "torch.Tensor") -> np.ndarray:
+    """The run lengths of one ``[H, W]`` bool mask (:func:`masks_to_rle`)."""
+    return masks_to_rle([mask])[0]
 
 
 def missing_session_message(session_id: Hashable, why: str | None) -> str:
@@ -215,8 +233,15 @@ class ImageSessionEngine:
             limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
         )
         self.transforms = Sam2Transforms()
+        side = LOW_RES_MASK_SIZE
+        self._no_mask = torch.zeros((1, 1, side, side), dtype=torch.float32, device=device)
+        #: Set to a :class:`~sam2_triton.sessions.runtime.StageClock` to time each stage.
+        self.clock: StageClock | None = None
         self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
         self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(3, 1, 1)
+
+    def _stage(self, name: str):
+        return nullcontext() if self.clock is None else self.clock.stage(name)
 
     # --- the batch ---------------------------------------------------------------------------
 
@@ -242,7 +267,8 @@ class ImageSessionEngine:
                 if not request.has_prompt:
                     answers[i] = self._empty_answer(session.orig_hw, request)
                     continue
-                decode = self._prepare(i, request, session)
+                with self._stage("prompt"):
+                    decode = self._prepare(i, request, session)
             except (RequestError, UserError) as e:
                 answers[i] = RequestError(str(e))
                 continue
@@ -279,9 +305,10 @@ class ImageSessionEngine:
                         f"image_bytes has {len(request.image_bytes)} bytes; at most "
                         f"{self.limits.max_image_bytes} are accepted"
                     )
-                rgb = decode_image(
-                    request.image_bytes, "image_bytes", max_pixels=self.limits.max_image_pixels
-                )
+                with self._stage("image decode"):
+                    rgb = decode_image(
+                        request.image_bytes, "image_bytes", max_pixels=self.limits.max_image_pixels
+                    )
                 pending.append((i, rgb))
             except (RequestError, UserError) as e:
                 answers[i] = RequestError(str(e))
@@ -328,9 +355,11 @@ class ImageSessionEngine:
         from one encoder run."""
         import torch
 
-        batch = torch.stack([self.preprocess(rgb) for rgb in images])
+        with self._stage("preprocess"):
+            batch = torch.stack([self.preprocess(rgb) for rgb in images])
         shapes = {n: (len(images), *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
-        out = self.encoder.run({"image": batch}, shapes)
+        with self._stage("encoder"):
+            out = self.encoder.run({"image": batch}, shapes)
         if len(images) == 1:
             return [out]
         # Own storage per session, so evicting one frees its memory.
@@ -373,70 +402,101 @@ class ImageSessionEngine:
         import torch
 
         k = len(group)
-        feed: dict[str, torch.Tensor] = {}
-        for name in ENCODER_OUTPUTS:
-            parts = [d.session.features[name] for d in group]
-            feed[name] = parts[0] if k == 1 else torch.cat(parts)
-        feed["point_coords"] = torch.from_numpy(np.concatenate([d.coords for d in group]))
-        feed["point_labels"] = torch.from_numpy(np.concatenate([d.labels for d in group]))
-        side = LOW_RES_MASK_SIZE
-        zero = torch.zeros((1, 1, side, side), dtype=torch.float32, device=self.device)
-        feed["mask_input"] = torch.cat(
-            [zero if d.mask_input is None else d.mask_input for d in group]
-        )
-        feed["has_mask_input"] = torch.tensor(
-            [[0.0 if d.mask_input is None else 1.0] for d in group], dtype=torch.float32
-        )
-        multi = {d.request.multimask for d in group}
-        names = [
-            n
-            for n, wanted in zip(DECODER_OUTPUTS, (False in multi,) * 2 + (True in multi,) * 2)
-            if wanted
-        ]
-        shapes = {n: (k, *TENSOR_SHAPES[n]) for n in names}
+        with self._stage("prompt"):
+            feed: dict[str, torch.Tensor] = {}
+            for name in ENCODER_OUTPUTS:
+                parts = [d.session.features[name] for d in group]
+                feed[name] = parts[0] if k == 1 else torch.cat(parts)
+            feed["point_coords"] = torch.from_numpy(np.concatenate([d.coords for d in group]))
+            feed["point_labels"] = torch.from_numpy(np.concatenate([d.labels for d in group]))
+            side = LOW_RES_MASK_SIZE
+            if all(d.mask_input is None for d in group):
+                feed["mask_input"] = self._no_mask.expand(k, 1, side, side)
+            else:
+                feed["mask_input"] = torch.cat(
+                    [self._no_mask if d.mask_input is None else d.mask_input for d in group]
+                )
+            feed["has_mask_input"] = torch.tensor(
+                [[0.0 if d.mask_input is None else 1.0] for d in group], dtype=torch.float32
+            )
+            multi = {d.request.multimask for d in group}
+            names = [
+                n
+                for n, wanted in zip(DECODER_OUTPUTS, (False in multi,) * 2 + (True in multi,) * 2)
+                if wanted
+            ]
+            shapes = {n: (k, *TENSOR_SHAPES[n]) for n in names}
         try:
-            out = self.decoder.run(feed, shapes)
+            with self._stage("decoder"):
+                out = self.decoder.run(feed, shapes)
         except Exception as e:  # noqa: BLE001 - the whole group fails, the server goes on
             for d in group:
                 answers[d.index] = RequestError(f"decoder failed: {e}")
             return
-        for row, d in enumerate(group):
-            if d.request.multimask:
-                low_res, iou = out["multimask_masks"][row], out["multimask_iou_predictions"][row]
-            else:
-                low_res, iou = out["masks"][row], out["iou_predictions"][row]
-            answers[d.index] = self._answer(d, low_res, iou)
+        with self._stage("masks"):
+            for d, answer in zip(group, self._answers(group, out)):
+                answers[d.index] = answer
 
-    def _answer(self, d: _Decode, low_res: "torch.Tensor", iou: "torch.Tensor") -> SessionAnswer:
-        """Masks at the original size from ``low_res`` ``[M, 256, 256]`` (unclamped) and
-        ``iou`` ``[M]``; remember the best mask's clamped logits for the next refinement."""
+    def _answers(self, group: list[_Decode], out: dict[str, "torch.Tensor"]) -> list[SessionAnswer]:
+        """The group's answers from the decoder's outputs (``[k, M, 256, 256]`` unclamped
+        logits and ``[k, M]`` IoU): masks at each original size, thresholded at 0 after
+        bilinear upsampling as the predictor does; each session remembers its best mask's
+        clamped logits for the next refinement.
+
+        All device work of the group is queued before anything crosses to the host, and only
+        what a request asked for is made: a request wanting only the best mask (``mask_png``,
+        ``mask_rle``) gets that mask alone upsampled; run lengths of the whole group are counted
+        together (:func:`masks_to_rle`)."""
         import torch
         import torch.nn.functional as F
 
-        wanted = d.request.outputs
-        clamped = low_res.clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP)
-        best = int(torch.argmax(iou))
-        d.session.previous_logits = clamped[best : best + 1][None].clone()
-        answer = SessionAnswer(image_size=d.session.orig_hw)
-        if wanted & {"masks", "mask_png", "mask_rle"}:
-            # As the predictor: upsample the unclamped logits, then threshold at 0.
-            logits = F.interpolate(
-                low_res[None], d.session.orig_hw, mode="bilinear", align_corners=False
-            )[0]
-            on_device = logits > 0
-            if "mask_rle" in wanted:  # counted on the device: only the runs cross
-                answer.mask_rle = mask_to_rle(on_device[best])
+        rows = range(len(group))
+        low_res, iou, best = [], [], []
+        for row, d in zip(rows, group):
+            kind = "multimask_" if d.request.multimask else ""
+            low_res.append(out[f"{kind}masks"][row])  # [M, 256, 256]
+            iou.append(out[f"{kind}iou_predictions"][row])  # [M]
+            best.append(iou[-1].argmax().view(1))  # on the device: no synchronisation
+        full: list = [None] * len(group)  # [M or 1, H, W] bool on the device
+        rle_masks, rle_rows = [], []
+        for row, d in zip(rows, group):
+            best_logits = low_res[row].index_select(0, best[row])  # [1, 256, 256]
+            d.session.previous_logits = best_logits.clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP).view(
+                1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE
+            )
+            wanted = d.request.outputs
+            if wanted & {"masks", "mask_png", "mask_rle"}:
+                # As the predictor: upsample the unclamped logits, then threshold at 0.
+                source = low_res[row] if "masks" in wanted else best_logits
+                logits = F.interpolate(
+                    source[None], d.session.orig_hw, mode="bilinear", align_corners=False
+                )[0]
+                full[row] = logits > 0
+                if "mask_rle" in wanted:
+                    rle_rows.append(row)
+                    one = full[row] if len(full[row]) == 1 else full[row].index_select(0, best[row])
+                    rle_masks.append(one[0])
+        rles = dict(zip(rle_rows, masks_to_rle(rle_masks)))  # the first synchronisation
+        host_iou = [v.float().cpu().numpy() for v in iou]
+        answers = []
+        for row, d in zip(rows, group):
+            wanted = d.request.outputs
+            answer = SessionAnswer(image_size=d.session.orig_hw)
+            answer.mask_rle = rles.get(row)
             if wanted & {"masks", "mask_png"}:
-                masks = on_device.to(torch.uint8).cpu().numpy()
+                masks = full[row].to(torch.uint8).cpu().numpy()
                 if "masks" in wanted:
                     answer.masks = masks
                 if "mask_png" in wanted:
-                    answer.mask_png = encode_png(masks[best] * np.uint8(255))
-        if "iou_predictions" in wanted:
-            answer.iou_predictions = iou.float().cpu().numpy()
-        if "low_res_masks" in wanted:
-            answer.low_res_masks = clamped.cpu().numpy()
-        return answer
+                    one = masks[0] if len(masks) == 1 else masks[int(host_iou[row].argmax())]
+                    answer.mask_png = encode_png(one * np.uint8(255))
+            if "iou_predictions" in wanted:
+                answer.iou_predictions = host_iou[row]
+            if "low_res_masks" in wanted:
+                clamped = low_res[row].clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP)
+                answer.low_res_masks = clamped.cpu().numpy()
+            answers.append(answer)
+        return answers
 
     def _closing_answer(self, request: SessionRequest) -> SessionAnswer:
         """A request that only ends its session: always answered, whether or not the session

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,3 +231,30 @@ class CudaGraphOrtSession(TorchOrtSession):
                 self._graphs.clear()
                 return plain
         return result
+
+
+class StageClock:
+    """Wall time per named stage of an engine's work, for the benchmark's profile of where a
+    request's time goes. Each stage ends with a synchronisation of ``device``, so device work
+    counts in the stage that queued it; the synchronisations slow the whole a little, so
+    profile in runs of their own, not in the timed ones."""
+
+    def __init__(self, device: "torch.device") -> None:
+        self.device = device
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        import torch
+
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[name] += time.perf_counter() - start
+
+    def mean_ms(self, calls: int) -> dict[str, float]:
+        """Milliseconds per call of each stage, over ``calls`` calls."""
+        return {name: round(1e3 * s / max(calls, 1), 3) for name, s in self.seconds.items()}
