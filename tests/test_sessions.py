@@ -233,6 +233,53 @@ def test_run_lengths_of_several_masks_at_once(mask):
     assert mask_to_rle(torch.from_numpy(mask)).tolist() == rles[1].tolist()
 
 
+def _jpeg(image: np.ndarray, orientation: int = 1, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    Image.fromarray(image).convert(mode).save(buffer, "JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_decoder_gives_pillows_pixels_upright(photos, orientation):
+    """torchvision's JPEG decode (libjpeg-turbo here; nvJPEG on a GPU) with the EXIF
+    orientation applied equals the client's Pillow decode pixel for pixel."""
+    import torch
+
+    from sam2_triton.client.images import decode_image
+    from sam2_triton.sessions.jpeg import JpegDecoder
+
+    data = _jpeg(photos["chelsea"], orientation)
+    image = JpegDecoder(torch.device("cpu")).decode(data)
+    expected = decode_image(data)
+    assert image is not None and image.dtype == torch.uint8
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), expected)
+
+
+def test_jpeg_decoder_leaves_other_files_to_pillow(photos):
+    """Files other than 8-bit colour JPEGs, and truncated JPEGs, go to Pillow (None); an image
+    over the pixel limit is refused from its header, with Pillow's path's message."""
+    import torch
+
+    from sam2_triton.client.images import decode_image
+    from sam2_triton.sessions.jpeg import JpegDecoder
+
+    decoder = JpegDecoder(torch.device("cpu"))
+    image = photos["coffee"]
+    jpeg = _jpeg(image)
+    assert decoder.decode(png_bytes(image)) is None
+    assert decoder.decode(_jpeg(image, mode="L")) is None
+    assert decoder.decode(_jpeg(image, mode="CMYK")) is None
+    assert decoder.decode(jpeg[: len(jpeg) // 2]) is None
+    with pytest.raises(UserError) as ours:
+        decoder.decode(jpeg, "image_bytes", max_pixels=1000)
+    with pytest.raises(UserError) as pillows:
+        decode_image(jpeg, "image_bytes", max_pixels=1000)
+    assert str(ours.value) == str(pillows.value) and "MP" in str(ours.value)
+
+
 def test_engine_forgets_idle_sessions_and_says_why(engine, photos):
     """Expired, evicted, ended and unknown sessions get a 400 that names the reason and says
     to start again with the image."""

@@ -306,5 +306,51 @@ class InProcessSessions:
         finally:
             self.engine.clock = None
 
+    def jpeg_agreement(
+        self, image: bytes, prompts: list[dict[str, np.ndarray]]
+    ) -> dict[str, float] | None:
+        """On a GPU, how far nvJPEG's decode of ``image`` is from libjpeg-turbo's (Pillow's
+        pixels), and how far the masks of ``prompts`` on the two are: None on a CPU."""
+        import torch
+
+        from sam2_triton.sessions.image import SessionRequest
+        from sam2_triton.sessions.jpeg import JpegDecoder
+
+        engine = self.engine
+        if engine.device.type != "cuda":
+            return None
+        gpu, cpu = JpegDecoder(engine.device, on_gpu=True), JpegDecoder(engine.device, False)
+        a, b = gpu.decode(image), cpu.decode(image)
+        diff = (a.to(torch.int16) - b.to(torch.int16)).abs()
+        keys = []
+        for decoder in (gpu, cpu):
+            engine.jpeg = decoder
+            keys.append(next(self._ids))
+            engine.execute([SessionRequest(keys[-1], start=True, image_bytes=image)])
+        engine.jpeg = gpu
+        differ, pixels = 0, 0
+        for p in prompts:
+            masks = [
+                engine.execute(
+                    [
+                        SessionRequest(
+                            key,
+                            points=p["point_coords"],
+                            labels=p["point_labels"],
+                            outputs=frozenset({"mask_rle", "masks"}),
+                        )
+                    ]
+                )[0].masks[0]
+                for key in keys
+            ]
+            differ += int((masks[0] != masks[1]).sum())
+            pixels += masks[0].size
+        return {
+            "pixels_max_abs_diff": int(diff.max()),
+            "pixels_mean_abs_diff": round(float(diff.float().mean()), 4),
+            "pixels_differing": round(float((diff > 0).float().mean()), 4),
+            "mask_pixels_differing": round(differ / max(pixels, 1), 6),
+        }
+
     def close(self) -> None:
         self.engine.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,42 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, f"image {path}")
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an encoded image's header says, read without decoding its pixels: Pillow's
+    ``format`` (``"JPEG"``, ``"PNG"``, ...) and ``mode``, the stored ``(H, W)`` (before the
+    EXIF ``orientation``, 1-8, is applied)."""
+
+    format: str
+    mode: str
+    size_hw_stored: tuple[int, int]
+    orientation: int
+
+
+def read_header(data: bytes, name: str = "image", max_pixels: int | None = None) -> ImageHeader:
+    """The header of an encoded image (see :class:`ImageHeader`), with the errors of
+    :func:`decode_image` for an empty or unreadable file and for one of more than
+    ``max_pixels`` pixels."""
+    img = _header(data, name, max_pixels)
+    w, h = img.size
+    return ImageHeader(str(img.format), str(img.mode), (h, w), _orientation(img))
+
+
+def _header(data: bytes, name: str, max_pixels: int | None):
+    """``PIL.Image.open`` on the bytes (header only), refusing an empty file and one of more
+    than ``max_pixels`` pixels."""
+    if not data:
+        raise UserError(f"cannot read {name}: the file is empty")
+    img = _open(data, name)
+    if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+        w, h = img.size
+        raise UserError(
+            f"{name} is {w}x{h} ({w * h / 1e6:.1f} MP); at most {max_pixels / 1e6:g} MP are "
+            "accepted (scale it down first)"
+        )
+    return img
+
+
 def image_size(data: bytes, name: str = "image") -> tuple[int, int]:
     """``(H, W)`` of an encoded image as :func:`decode_image` returns it (EXIF orientation
     applied), read from the file's header without decoding its pixels."""
@@ -69,15 +106,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None
     before its pixels are decoded."""
     from PIL import Image, ImageOps
 
-    if not data:
-        raise UserError(f"cannot read {name}: the file is empty")
-    img = _open(data, name)
-    if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
-        w, h = img.size
-        raise UserError(
-            f"{name} is {w}x{h} ({w * h / 1e6:.1f} MP); at most {max_pixels / 1e6:g} MP are "
-            "accepted (scale it down first)"
-        )
+    img = _header(data, name, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -44,6 +44,7 @@ from sam2_triton.client.transforms import MASK_LOGIT_CLAMP, PIXEL_MEAN, PIXEL_ST
 from sam2_triton.export import DECODER_OUTPUTS, ENCODER_OUTPUTS, TENSOR_SHAPES
 from sam2_triton.model_config import MAX_POINTS, SessionServing
 from sam2_triton.models import IMAGE_SIZE, LOW_RES_MASK_SIZE, UserError
+from sam2_triton.sessions.jpeg import JpegDecoder
 from sam2_triton.sessions.runtime import CudaGraphOrtSession, StageClock, TorchOrtSession
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
@@ -147,37 +148,48 @@ def masks_to_rle(masks: "Sequence[torch.Tensor]") -> list[np.ndarray]:
     pixel is set), int32. ``pycocotools.mask.frPyObjects({"counts": list(rle), "size": [H,
     W]}, H, W)`` decodes it; :func:`sam2_triton.client.outputs.rle_to_mask` does too.
 
-    Counted on the masks' device in one pass for all of them: the positions where a pixel
-    differs from the one before, of every mask at once, are found by one ``nonzero`` and cross
-    to the host in one copy (a single synchronisation however many masks), with each mask's
-    first pixel."""
+    Counted on the masks' device for all of them at once: the masks are joined end to end,
+    every run's first pixel is found by one ``nonzero`` (a pixel that differs from the one
+    before, or a mask's first pixel), the run lengths are the differences of those positions,
+    and they cross to the host in one copy (a single synchronisation however many masks, and
+    4 bytes per run)."""
     import torch
 
     if not masks:
         return []
     flats = [m.t().reshape(-1) for m in masks]
-    sizes = [f.numel() for f in flats]
-    # Mask i's changes sit at [offsets[i], offsets[i] + sizes[i]) of the joined flags; its
-    # first pixel never counts as a change (it is read on its own).
-    flags = torch.cat([torch.cat([f[:1] != f[:1], f[1:] != f[:-1]]) for f in flats])
-    firsts = torch.stack([f[0] for f in flats]).to(torch.int64)
-    found = torch.cat([firsts, torch.nonzero(flags).flatten()]).cpu().numpy()
-    first_set, changes = found[: len(flats)], found[len(flats) :]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    bounds = np.searchsorted(changes, offsets)
+    device = flats[0].device
+    one = torch.ones(1, dtype=torch.bool, device=device)
+    starts = torch.nonzero(torch.cat([torch.cat([one, f[1:] != f[:-1]]) for f in flats]))
+    starts = starts.flatten()
+    sizes = torch.tensor([f.numel() for f in flats], device=device)
+    offsets = torch.cumsum(sizes, 0)
+    runs = torch.diff(starts, append=offsets[-1:])  # run lengths, mask after mask
+    first_run = torch.searchsorted(starts, offsets - sizes)  # each mask's first run
+    first_set = torch.stack([f[0] for f in flats])
+    host = torch.cat([first_run, first_set.to(first_run.dtype), runs]).to(torch.int32).cpu()
+    host = host.numpy()
+    n = len(flats)
+    bounds = [*host[:n].tolist(), len(host) - 2 * n]
     out = []
-    for i, size in enumerate(sizes):
-        edges = changes[bounds[i] : bounds[i + 1]] - offsets[i]
-        runs = np.diff(np.concatenate([[0], edges, [size]])).astype(np.int32)
-        if first_set[i]:
-            runs = np.concatenate([np.zeros(1, np.int32), runs])
-        out.append(runs)
+    for i in range(n):
+        mask_runs = host[2 * n + bounds[i] : 2 * n + bounds[i + 1]]
+        if host[n + i]:  # COCO's runs start with 0s: a run of none first
+            mask_runs = np.concatenate([np.zeros(1, np.int32), mask_runs])
+        out.append(np.ascontiguousarray(mask_runs, np.int32))
     return out
 
 
 def mask_to_rle(mask: "torch.Tensor") -> np.ndarray:
     """The run lengths of one ``[H, W]`` bool mask (:func:`masks_to_rle`)."""
     return masks_to_rle([mask])[0]
+
+
+def _height_width(image: "np.ndarray | torch.Tensor") -> tuple[int, int]:
+    """``(H, W)`` of an ``[H, W, 3]`` array or a ``[3, H, W]`` tensor."""
+    if isinstance(image, np.ndarray):
+        return int(image.shape[0]), int(image.shape[1])
+    return int(image.shape[1]), int(image.shape[2])
 
 
 def missing_session_message(session_id: Hashable, why: str | None) -> str:
@@ -207,7 +219,9 @@ class ImageSessionEngine:
     ``encoder_path``/``decoder_path`` are the repository's ``sam2_encoder`` and
     ``sam2_decoder`` ONNX files; ``device`` the instance's torch device. ``cuda_graphs``: on
     a CUDA device, single decodes replay a CUDA graph (the served default; the benchmark's
-    in-process baseline takes the same).
+    in-process baseline takes the same). JPEG files are decoded by torchvision
+    (:class:`~sam2_triton.sessions.jpeg.JpegDecoder`; with nvJPEG on a CUDA device unless
+    ``jpeg_on_gpu`` is false), other files by Pillow.
     """
 
     def __init__(
@@ -219,6 +233,7 @@ class ImageSessionEngine:
         *,
         intra_op_threads: int = 0,
         cuda_graphs: bool = True,
+        jpeg_on_gpu: bool = True,
         on_drop: Callable[[Hashable, ImageSession, str], None] | None = None,
     ) -> None:
         import torch
@@ -233,6 +248,7 @@ class ImageSessionEngine:
             limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
         )
         self.transforms = Sam2Transforms()
+        self.jpeg = JpegDecoder(device, on_gpu=jpeg_on_gpu)
         side = LOW_RES_MASK_SIZE
         self._no_mask = torch.zeros((1, 1, side, side), dtype=torch.float32, device=device)
         #: Set to a :class:`~sam2_triton.sessions.runtime.StageClock` to time each stage.
@@ -306,9 +322,10 @@ class ImageSessionEngine:
                         f"{self.limits.max_image_bytes} are accepted"
                     )
                 with self._stage("image decode"):
-                    rgb = decode_image(
-                        request.image_bytes, "image_bytes", max_pixels=self.limits.max_image_pixels
-                    )
+                    limit = self.limits.max_image_pixels
+                    rgb = self.jpeg.decode(request.image_bytes, "image_bytes", limit)
+                    if rgb is None:  # not a JPEG torchvision takes: Pillow's path
+                        rgb = decode_image(request.image_bytes, "image_bytes", max_pixels=limit)
                 pending.append((i, rgb))
             except (RequestError, UserError) as e:
                 answers[i] = RequestError(str(e))
@@ -320,7 +337,7 @@ class ImageSessionEngine:
             chunk = pending[first : first + step]
             features = self.encode([rgb for _, rgb in chunk])
             for (i, rgb), feats in zip(chunk, features):
-                session = ImageSession(feats, (int(rgb.shape[0]), int(rgb.shape[1])))
+                session = ImageSession(feats, _height_width(rgb))
                 try:
                     self.store.put(requests[i].session_id, session, in_use)
                 except StoreFull as e:
@@ -329,17 +346,21 @@ class ImageSessionEngine:
                 fresh[i] = session
         return fresh
 
-    def preprocess(self, rgb: np.ndarray) -> "torch.Tensor":
-        """``[H, W, 3]`` uint8 RGB → ``[3, 1024, 1024]`` float32 on the device, as Meta's
-        ``SAM2Transforms``: ``ToTensor`` (÷255), ``Resize((1024, 1024))`` (bilinear,
-        antialiased), ``Normalize(mean, std)``."""
+    def preprocess(self, rgb: "np.ndarray | torch.Tensor") -> "torch.Tensor":
+        """``[H, W, 3]`` uint8 RGB array (or a ``[3, H, W]`` uint8 tensor on the device, as
+        :class:`~sam2_triton.sessions.jpeg.JpegDecoder` gives) → ``[3, 1024, 1024]`` float32
+        on the device, as Meta's ``SAM2Transforms``: ``ToTensor`` (÷255), ``Resize((1024,
+        1024))`` (bilinear, antialiased), ``Normalize(mean, std)``."""
         import torch
         import torch.nn.functional as F
 
-        if not rgb.flags.writeable:  # decoded images may be read-only views
-            rgb = rgb.copy()
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-        x = x.permute(2, 0, 1).to(torch.float32).div(255)
+        if isinstance(rgb, np.ndarray):
+            if not rgb.flags.writeable:  # decoded images may be read-only views
+                rgb = rgb.copy()
+            x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)
+        else:
+            x = rgb.to(self.device)
+        x = x.to(torch.float32).div(255)
         if tuple(x.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
             x = F.interpolate(
                 x[None],
@@ -350,9 +371,9 @@ class ImageSessionEngine:
             )[0]
         return (x - self._mean) / self._std
 
-    def encode(self, images: Sequence[np.ndarray]) -> list[dict[str, "torch.Tensor"]]:
-        """Feature maps (``[1, C, S, S]`` each, on the device) of each ``[H, W, 3]`` image,
-        from one encoder run."""
+    def encode(self, images: Sequence) -> list[dict[str, "torch.Tensor"]]:
+        """Feature maps (``[1, C, S, S]`` each, on the device) of each image (as
+        :meth:`preprocess` takes them), from one encoder run."""
         import torch
 
         with self._stage("preprocess"):

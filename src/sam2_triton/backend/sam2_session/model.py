@@ -90,6 +90,7 @@ class TritonPythonModel:
                 limits,
                 intra_op_threads=int(parameter(config, "intra_op_thread_count", "0")),
                 cuda_graphs=parameter(config, "decoder_cuda_graphs", "true").lower() == "true",
+                jpeg_on_gpu=parameter(config, "jpeg_on_gpu", "true").lower() == "true",
                 on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
             )
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
@@ -110,7 +111,8 @@ class TritonPythonModel:
             log.log_warn(f"{self.name}: decoder without CUDA graphs: {graphs_off}")
         log.log_info(
             f"{self.name}: {kind} instance {device_id} on {device} "
-            f"({', '.join(self.engine.decoder.providers)}; {graphs[0].name} for the encoder); "
+            f"({', '.join(self.engine.decoder.providers)}; {graphs[0].name} for the encoder; "
+            f"JPEG files decoded by {self.engine.jpeg.where}); "
             f"at most {limits.max_sessions} "
             f"sessions of {ImageSession.nbytes() / 2**20:.2f} MiB, idle timeout "
             f"{limits.idle_timeout_s:g} s"
