@@ -11,6 +11,7 @@
 #   bash scripts/gpu/run.sh ort N [last]           # call N, carry .carryN: onnxruntime-gpu
 #   bash scripts/gpu/run.sh models SIZE [flags]    # scripts/profile_models.py on SIZE
 #   bash scripts/gpu/run.sh served SIZE [flags]    # serve_local.py (GPU configs) + benchmark
+#                                                   # (env CONFIGURE_FLAGS, NAME: see the step)
 #   bash scripts/gpu/run.sh numpy1 N               # numpy 1.26 from .carryN (see the step)
 #   bash scripts/gpu/run.sh video [flags]          # scripts/benchmark_video.py (start none)
 #   bash scripts/gpu/run.sh status
@@ -85,10 +86,14 @@ served)
     wait_for "$size"
     repo="$W/$size/fp16"
     # The GPU configs as generated for SIZE (TensorRT asked for; without its libraries the
-    # backend runs the CUDA EP and the encoder's fused model.cuda.onnx).
-    python3 scripts/configure_repository.py --repository "$repo" --model "$size" >/dev/null
-    log="$OUT/server_$size.log"
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader >"$OUT/memory_$size.txt"
+    # backend runs the CUDA EP and the encoder's fused model.cuda.onnx), changed by
+    # $CONFIGURE_FLAGS if set (e.g. "--session-instances 1"); results go to $OUT/*_$NAME.
+    # shellcheck disable=SC2086  # the flags are words
+    python3 scripts/configure_repository.py --repository "$repo" --model "$size" \
+        ${CONFIGURE_FLAGS:-} >/dev/null
+    NAME=${NAME:-$size}
+    log="$OUT/server_$NAME.log"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader >"$OUT/memory_$NAME.txt"
     python3 scripts/serve_local.py --repository "$repo" --http-port 8000 --grpc-port 8001 \
         --metrics-port 8002 --ready-timeout 300 --max-restarts 0 --probe-interval 0 >"$log" 2>&1 &
     server=$!
@@ -98,19 +103,19 @@ served)
         sleep 1
     done
     grep -E "model.py|sam2_session" "$log" | grep -v "^|" | head -12
-    echo "loaded: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$size.txt"
+    echo "loaded: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$NAME.txt"
     timeout "${BENCH_TIMEOUT:-420}" python3 scripts/benchmark.py --model "$size" --device cuda \
         --repository "$repo" --backends triton --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 \
-        --label "$size fp16 served" --out "$OUT/served_$size" --no-progress "$@" 2>&1 |
+        --label "$size fp16 served" --out "$OUT/served_$NAME" --no-progress "$@" 2>&1 |
         grep -v '^|' | tail -40 || true
-    echo "after: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$size.txt"
-    nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$size.txt" || true
+    echo "after: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$NAME.txt"
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
     curl -s localhost:8002/metrics | grep -E "^nv_inference_(exec|request)_count|nv_gpu_memory" \
-        >"$OUT/metrics_$size.txt" || true
+        >"$OUT/metrics_$NAME.txt" || true
     kill -TERM $server
     wait $server || true
-    cat "$OUT/memory_$size.txt"
-    [ -f "$OUT/served_$size/results.md" ] && tail -n 45 "$OUT/served_$size/results.md"
+    cat "$OUT/memory_$NAME.txt"
+    [ -f "$OUT/served_$NAME/results.md" ] && tail -n 45 "$OUT/served_$NAME/results.md"
     ;;
 numpy1)
     # The machine's numpy 2 breaks the embedded stub's string tensors (the video's frames):
