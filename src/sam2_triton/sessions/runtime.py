@@ -66,6 +66,32 @@ def providers_for(device: "torch.device") -> list:
     return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
 
+def session_options(device: "torch.device", intra_op_threads: int = 0):
+    """ONNX Runtime's ``SessionOptions`` for a graph run on ``device``.
+
+    On a GPU the CUDA EP runs the nodes; the CPU threads only run the few shape nodes ONNX
+    Runtime keeps on the CPU. So one thread (unless ``intra_op_threads`` says otherwise) that
+    does not spin waiting for work: ONNX Runtime's default is a thread per core, each spinning
+    after every run, and a served repository has a dozen such sessions in Triton's stub
+    processes, whose spinning competes for the cores with the Python threads that feed the
+    GPU. On a CPU, the threads do the work: ONNX Runtime's default (one per core), without
+    the CPU arena (it kept the encoder's peak working set for good: a session instance's
+    memory doubled, to 2.2 GB with tiny; without it the memory goes back after each run, at
+    no measurable cost in speed).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if device.type == "cuda":
+        options.intra_op_num_threads = intra_op_threads or 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        options.enable_cpu_mem_arena = False
+    return options
+
+
 class TorchOrtSession:
     """One ONNX graph run on torch tensors of one device (float32 inputs and outputs).
 
@@ -85,14 +111,7 @@ class TorchOrtSession:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path} is missing (export it with scripts/export_onnx.py)")
-        options = ort.SessionOptions()
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        if device.type != "cuda":
-            # ONNX Runtime's CPU arena keeps the encoder's peak working set for good (it
-            # doubled a session instance's memory, to 2.2 GB with tiny); without it the
-            # memory goes back after each run, at no measurable cost in speed.
-            options.enable_cpu_mem_arena = False
+        options = session_options(device, intra_op_threads)
         self.device = device
         self.path = path
         try:
@@ -166,7 +185,7 @@ class CudaGraphOrtSession(TorchOrtSession):
         if device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         super().__init__(path, device, intra_op_threads)
-        options = ort.SessionOptions()
+        options = session_options(device, intra_op_threads)
         providers = providers_for(device)
         providers[0] = (providers[0][0], {**providers[0][1], "enable_cuda_graph": "1"})
         try:

@@ -272,7 +272,13 @@ class TritonPythonModel:
             # after each run, at no measurable cost in speed (tiny encoder, 2 cores).
             options.enable_cpu_mem_arena = False
         threads = int(_param(self.config, "intra_op_thread_count", "0") or 0)
-        if threads:
+        if kind == "GPU":
+            # The GPU runs the nodes; CPU threads only the few shape nodes kept on the CPU:
+            # one, not spinning after each run (a thread per core spinning, in each of the
+            # server's stub processes, competes with the Python threads feeding the GPU).
+            options.intra_op_num_threads = threads or 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif threads:
             options.intra_op_num_threads = threads
         try:
             self.session = _session(path, options, providers, log, self.name)
