@@ -562,9 +562,11 @@ def small_server(tiny_repository, tmp_path_factory):
         metrics_port=free_port(),
         exit_timeout_s=5,
     )
-    # ONNX Runtime's arena still keeps its peak, as it does in production.
+    # ONNX Runtime's arena still keeps its peak, as it does in production. The instance logs
+    # where its time goes every 2 executions (the diagnostic SETUP.md describes).
     with pytest.MonkeyPatch.context() as env:
         env.setenv(*MMAP_THRESHOLD)
+        env.setenv("SAM2_TRITON_STAGE_LOG_EVERY", "2")
         with serving(server, tmp_path_factory.mktemp("small") / "tritonserver.log"):
             env.undo()
             yield server
@@ -613,6 +615,12 @@ def test_oldest_idle_session_is_evicted_and_the_client_restarts_it(small_server,
             others[0].predict(**kw, use_previous_mask=True)  # it was evicted meanwhile
         for s in (first, *others):
             s.close()
+    stage_lines = [
+        line for line in small_server.log_path.read_text().splitlines() if "per execution" in line
+    ]
+    assert stage_lines, "no stage line in the log"
+    for stage in ("backend read", "image decode", "encoder", "decoder", "backend respond"):
+        assert any(f"{stage} " in line for line in stage_lines), (stage, stage_lines)
 
 
 def test_server_restart_loses_sessions_and_the_client_starts_them_again(small_server, photos):

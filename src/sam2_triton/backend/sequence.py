@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
@@ -119,24 +120,35 @@ def answer_batch(
     read: Callable,
     execute: Callable[[list], list],
     outputs: Callable[[object, object], list[tuple[str, np.ndarray]]],
+    stage: Callable[[str], AbstractContextManager] | None = None,
 ) -> list:
     """One response per request: ``read(request)`` each (a :class:`RequestError` answers only
     its request), ``execute`` the requests read, and each answer's ``outputs(answer, read
     request)`` as output tensors. An exception of ``execute`` answers every request of the
-    batch with a 500; the model keeps serving."""
-    import triton_python_backend_utils as pb_utils
+    batch with a 500; the model keeps serving. ``stage(name)``, if given, times the reading
+    (``"backend read"``) and the answering (``"backend respond"``)."""
 
+    stage = stage or (lambda _name: nullcontext())
     responses: list = [None] * len(requests)
     parsed = []
-    for i, request in enumerate(requests):
-        try:
-            parsed.append((i, read(request)))
-        except RequestError as e:
-            responses[i] = error_response(str(e))
+    with stage("backend read"):
+        for i, request in enumerate(requests):
+            try:
+                parsed.append((i, read(request)))
+            except RequestError as e:
+                responses[i] = error_response(str(e))
     try:
         answers = execute([r for _, r in parsed])
     except Exception as e:  # noqa: BLE001 - report, keep serving
         answers = [e] * len(parsed)
+    with stage("backend respond"):
+        _respond(model, parsed, answers, outputs, responses)
+    return responses
+
+
+def _respond(model: str, parsed: list, answers: list, outputs: Callable, responses: list) -> None:
+    import triton_python_backend_utils as pb_utils
+
     for (i, read_request), answer in zip(parsed, answers):
         if isinstance(answer, RequestError):
             responses[i] = error_response(str(answer))
@@ -145,4 +157,3 @@ def answer_batch(
         else:
             tensors = [from_numpy(n, value[None]) for n, value in outputs(answer, read_request)]
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-    return responses

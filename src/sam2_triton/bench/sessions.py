@@ -258,7 +258,9 @@ class InProcessSessions:
         self, image: bytes, prompts: list[dict[str, np.ndarray]], outputs: Sequence[str], k: int
     ) -> Callable[[int], Callable[[int], object]]:
         """Each call: one click on each of ``k`` open sessions, in one ``execute`` (as the
-        sequence batcher hands an instance a batch of ``k`` sessions' requests)."""
+        sequence batcher hands an instance a batch of ``k`` sessions' requests). The sessions
+        click different prompts of ``prompts`` (one and two points: two decoder runs per
+        call), as the served benchmark's users do."""
         from sam2_triton.sessions.image import SessionRequest
 
         def make(_worker: int):
@@ -270,13 +272,13 @@ class InProcessSessions:
                 [
                     SessionRequest(
                         key,
-                        points=p["point_coords"],
-                        labels=p["point_labels"],
+                        points=prompts[(i + j) % len(prompts)]["point_coords"],
+                        labels=prompts[(i + j) % len(prompts)]["point_labels"],
                         outputs=frozenset(outputs),
                     )
-                    for key in keys
+                    for j, key in enumerate(keys)
                 ]
-                for p in prompts
+                for i in range(len(prompts))
             ]
 
             def call(i: int):

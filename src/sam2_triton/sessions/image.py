@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -256,7 +256,8 @@ class ImageSessionEngine:
         self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
         self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(3, 1, 1)
 
-    def _stage(self, name: str):
+    def stage(self, name: str) -> AbstractContextManager:
+        """A context timing stage ``name`` on :attr:`clock` (nothing while it is None)."""
         return nullcontext() if self.clock is None else self.clock.stage(name)
 
     # --- the batch ---------------------------------------------------------------------------
@@ -283,7 +284,7 @@ class ImageSessionEngine:
                 if not request.has_prompt:
                     answers[i] = self._empty_answer(session.orig_hw, request)
                     continue
-                with self._stage("prompt"):
+                with self.stage("prompt"):
                     decode = self._prepare(i, request, session)
             except (RequestError, UserError) as e:
                 answers[i] = RequestError(str(e))
@@ -321,7 +322,7 @@ class ImageSessionEngine:
                         f"image_bytes has {len(request.image_bytes)} bytes; at most "
                         f"{self.limits.max_image_bytes} are accepted"
                     )
-                with self._stage("image decode"):
+                with self.stage("image decode"):
                     limit = self.limits.max_image_pixels
                     rgb = self.jpeg.decode(request.image_bytes, "image_bytes", limit)
                     if rgb is None:  # not a JPEG torchvision takes: Pillow's path
@@ -376,10 +377,10 @@ class ImageSessionEngine:
         :meth:`preprocess` takes them), from one encoder run."""
         import torch
 
-        with self._stage("preprocess"):
+        with self.stage("preprocess"):
             batch = torch.stack([self.preprocess(rgb) for rgb in images])
         shapes = {n: (len(images), *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
-        with self._stage("encoder"):
+        with self.stage("encoder"):
             out = self.encoder.run({"image": batch}, shapes)
         if len(images) == 1:
             return [out]
@@ -423,7 +424,7 @@ class ImageSessionEngine:
         import torch
 
         k = len(group)
-        with self._stage("prompt"):
+        with self.stage("prompt"):
             feed: dict[str, torch.Tensor] = {}
             for name in ENCODER_OUTPUTS:
                 parts = [d.session.features[name] for d in group]
@@ -448,13 +449,13 @@ class ImageSessionEngine:
             ]
             shapes = {n: (k, *TENSOR_SHAPES[n]) for n in names}
         try:
-            with self._stage("decoder"):
+            with self.stage("decoder"):
                 out = self.decoder.run(feed, shapes)
         except Exception as e:  # noqa: BLE001 - the whole group fails, the server goes on
             for d in group:
                 answers[d.index] = RequestError(f"decoder failed: {e}")
             return
-        with self._stage("masks"):
+        with self.stage("masks"):
             for d, answer in zip(group, self._answers(group, out)):
                 answers[d.index] = answer
 

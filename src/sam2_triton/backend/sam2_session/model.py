@@ -25,6 +25,7 @@ INT32 [2]. A request gets only the outputs it asks for (all when it names none).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,11 @@ from sam2_triton.sessions.image import (
     SessionLimits,
     SessionRequest,
 )
-from sam2_triton.sessions.runtime import torch_device
+from sam2_triton.sessions.runtime import StageClock, torch_device
 from sam2_triton.sessions.store import Sweeper
+
+#: Environment variable: log where the time goes every N executions (0 or unset: never).
+STAGE_LOG_ENV = "SAM2_TRITON_STAGE_LOG_EVERY"
 
 
 class TritonPythonModel:
@@ -106,6 +110,11 @@ class TritonPythonModel:
             "use_previous_mask": 1,
             "mask_input": 256 * 256,
         }
+        # A diagnostic: where an execution's time goes, logged (see _log_stages).
+        self._stage_log_every = int(os.environ.get(STAGE_LOG_ENV, "0") or 0)
+        self._executions = self._requests = 0
+        if self._stage_log_every > 0:
+            self.engine.clock = StageClock(device)
         graphs_off = getattr(self.engine.decoder, "error", None)
         if graphs_off:
             log.log_warn(f"{self.name}: decoder without CUDA graphs: {graphs_off}")
@@ -119,7 +128,34 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        return answer_batch(self.name, requests, self._read, self.engine.execute, self._outputs)
+        responses = answer_batch(
+            self.name,
+            requests,
+            self._read,
+            self.engine.execute,
+            self._outputs,
+            stage=self.engine.stage,
+        )
+        if self.engine.clock is not None:
+            self._log_stages(len(requests))
+        return responses
+
+    def _log_stages(self, requests: int) -> None:
+        """With :data:`STAGE_LOG_ENV` set to N: every N executions, the mean milliseconds per
+        execution of each stage (the backend's reading and answering, the engine's stages;
+        a synchronisation ends each) and the mean requests per execution."""
+        self._executions += 1
+        self._requests += requests
+        if self._executions < self._stage_log_every:
+            return
+        clock = self.engine.clock
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in clock.mean_ms(self._executions).items())
+        pb_utils.Logger.log_info(
+            f"{self.name}: {self._requests / self._executions:.2f} requests per execution, "
+            f"ms per execution: {stages}"
+        )
+        clock.seconds.clear()
+        self._executions = self._requests = 0
 
     def _read(self, request) -> SessionRequest:
         values = read_inputs(request, self.max_elements)
