@@ -233,6 +233,39 @@ def test_run_lengths_of_several_masks_at_once(mask):
     assert mask_to_rle(torch.from_numpy(mask)).tolist() == rles[1].tolist()
 
 
+def test_bucketed_decoder_pads_batches_and_keeps_each_rows_answer(tiny_repository):
+    """Batches run padded up to a bucket, each bucket in a session of its own: every real
+    row's outputs equal the unpadded run's, and a batch above the largest bucket or of one
+    row goes unpadded to the plain session."""
+    import torch
+
+    from sam2_triton.export import DECODER_INPUTS, DECODER_OUTPUTS, TENSOR_SHAPES
+    from sam2_triton.sessions.runtime import BucketedOrtSession, TorchOrtSession
+
+    path = tiny_repository / "sam2_decoder" / "1" / "model.onnx"
+    cpu = torch.device("cpu")
+    plain = TorchOrtSession(path, cpu)
+    shapes = {n: tuple(abs(d) for d in TENSOR_SHAPES[n]) for n in DECODER_INPUTS}
+    outputs = {n: TENSOR_SHAPES[n] for n in DECODER_OUTPUTS}
+    bucketed = BucketedOrtSession(path, cpu, plain, [2, 4], warm=(shapes, outputs))
+    assert sorted(bucketed.sessions) == [2, 4]
+    generator = torch.Generator().manual_seed(0)
+    for k in (1, 3, 4, 5):
+        feed = {
+            n: torch.randn(
+                (k, *(3 if d == -1 else d for d in TENSOR_SHAPES[n])), generator=generator
+            )
+            for n in DECODER_INPUTS
+        }
+        feed["point_labels"] = torch.ones((k, 3))
+        feed["has_mask_input"] = torch.zeros((k, 1))
+        want = {n: (k, *TENSOR_SHAPES[n]) for n in ("masks", "iou_predictions")}
+        got, expected = bucketed.run(feed, want), plain.run(feed, want)
+        for name in want:
+            assert got[name].shape == expected[name].shape == want[name]
+            assert torch.allclose(got[name], expected[name], atol=1e-4), (k, name)
+
+
 def _jpeg(image: np.ndarray, orientation: int = 1, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     exif = Image.Exif()

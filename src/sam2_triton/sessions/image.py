@@ -41,11 +41,16 @@ from sam2_triton.client.images import decode_image
 from sam2_triton.client.outputs import encode_png
 from sam2_triton.client.prompts import make_prompt
 from sam2_triton.client.transforms import MASK_LOGIT_CLAMP, PIXEL_MEAN, PIXEL_STD, Sam2Transforms
-from sam2_triton.export import DECODER_OUTPUTS, ENCODER_OUTPUTS, TENSOR_SHAPES
+from sam2_triton.export import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, TENSOR_SHAPES
 from sam2_triton.model_config import MAX_POINTS, SessionServing
 from sam2_triton.models import IMAGE_SIZE, LOW_RES_MASK_SIZE, UserError
 from sam2_triton.sessions.jpeg import JpegDecoder
-from sam2_triton.sessions.runtime import CudaGraphOrtSession, StageClock, TorchOrtSession
+from sam2_triton.sessions.runtime import (
+    BucketedOrtSession,
+    CudaGraphOrtSession,
+    StageClock,
+    TorchOrtSession,
+)
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
 if TYPE_CHECKING:
@@ -221,7 +226,9 @@ class ImageSessionEngine:
     a CUDA device, single decodes replay a CUDA graph (the served default; the benchmark's
     in-process baseline takes the same). JPEG files are decoded by torchvision
     (:class:`~sam2_triton.sessions.jpeg.JpegDecoder`; with nvJPEG on a CUDA device unless
-    ``jpeg_on_gpu`` is false), other files by Pillow.
+    ``jpeg_on_gpu`` is false), other files by Pillow. On a CUDA device, batches of several
+    sessions' clicks run padded to one of ``decode_buckets``
+    (:class:`~sam2_triton.sessions.runtime.BucketedOrtSession`; none: unpadded).
     """
 
     def __init__(
@@ -234,6 +241,7 @@ class ImageSessionEngine:
         intra_op_threads: int = 0,
         cuda_graphs: bool = True,
         jpeg_on_gpu: bool = True,
+        decode_buckets: Sequence[int] = (2, 4, 8, 16),
         on_drop: Callable[[Hashable, ImageSession, str], None] | None = None,
     ) -> None:
         import torch
@@ -244,6 +252,18 @@ class ImageSessionEngine:
         # The decoder's time at small batches is mostly kernel launches: CUDA graphs.
         decoder = CudaGraphOrtSession if cuda_graphs and device.type == "cuda" else TorchOrtSession
         self.decoder = decoder(decoder_path, device, intra_op_threads)
+        if device.type == "cuda" and decode_buckets:
+            # Batches of several sessions' clicks at a few fixed sizes (see the class).
+            shapes = {n: tuple(abs(d) for d in TENSOR_SHAPES[n]) for n in DECODER_INPUTS}
+            outputs = {n: TENSOR_SHAPES[n] for n in DECODER_OUTPUTS}
+            self.decoder = BucketedOrtSession(
+                decoder_path,
+                device,
+                self.decoder,
+                decode_buckets,
+                intra_op_threads,
+                warm=(shapes, outputs),
+            )
         self.store: SessionStore[ImageSession] = SessionStore(
             limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
         )

@@ -46,7 +46,7 @@ from sam2_triton.sessions.image import (
     SessionLimits,
     SessionRequest,
 )
-from sam2_triton.sessions.runtime import StageClock, torch_device
+from sam2_triton.sessions.runtime import StageClock, bucket_sizes, torch_device
 from sam2_triton.sessions.store import Sweeper
 
 #: Environment variable: log where the time goes every N executions (0 or unset: never).
@@ -95,6 +95,7 @@ class TritonPythonModel:
                 intra_op_threads=int(parameter(config, "intra_op_thread_count", "0")),
                 cuda_graphs=parameter(config, "decoder_cuda_graphs", "true").lower() == "true",
                 jpeg_on_gpu=parameter(config, "jpeg_on_gpu", "true").lower() == "true",
+                decode_buckets=bucket_sizes(int(config.get("max_batch_size", 1))),
                 on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
             )
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
