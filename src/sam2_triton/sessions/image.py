@@ -500,6 +500,7 @@ class ImageSessionEngine:
             iou.append(out[f"{kind}iou_predictions"][row])  # [M]
             best.append(iou[-1].argmax().view(1))  # on the device: no synchronisation
         full: list = [None] * len(group)  # [M or 1, H, W] bool on the device
+        host_masks: dict = {}  # row -> the same as uint8 on the host, copied asynchronously
         rle_masks, rle_rows = [], []
         for row, d in zip(rows, group):
             best_logits = low_res[row].index_select(0, best[row])  # [1, 256, 256]
@@ -514,11 +515,15 @@ class ImageSessionEngine:
                     source[None], d.session.orig_hw, mode="bilinear", align_corners=False
                 )[0]
                 full[row] = logits > 0
+                if wanted & {"masks", "mask_png"}:
+                    host_masks[row] = self._to_host(full[row].to(torch.uint8))
                 if "mask_rle" in wanted:
                     rle_rows.append(row)
                     one = full[row] if len(full[row]) == 1 else full[row].index_select(0, best[row])
                     rle_masks.append(one[0])
         rles = dict(zip(rle_rows, masks_to_rle(rle_masks)))  # the first synchronisation
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the masks' copies
         host_iou = [v.float().cpu().numpy() for v in iou]
         answers = []
         for row, d in zip(rows, group):
@@ -526,7 +531,7 @@ class ImageSessionEngine:
             answer = SessionAnswer(image_size=d.session.orig_hw)
             answer.mask_rle = rles.get(row)
             if wanted & {"masks", "mask_png"}:
-                masks = full[row].to(torch.uint8).cpu().numpy()
+                masks = host_masks[row].numpy()
                 if "masks" in wanted:
                     answer.masks = masks
                 if "mask_png" in wanted:
@@ -539,6 +544,18 @@ class ImageSessionEngine:
                 answer.low_res_masks = clamped.cpu().numpy()
             answers.append(answer)
         return answers
+
+    def _to_host(self, tensor: "torch.Tensor") -> "torch.Tensor":
+        """A host copy of ``tensor``: from a GPU, into page-locked memory (torch's caching
+        host allocator) without waiting, so that the masks of a whole batch cross at full
+        bandwidth behind one synchronisation (a pageable copy of a 1920x1080 mask waits for
+        the device and crosses at a fraction of the speed)."""
+        import torch
+
+        if tensor.device.type != "cuda":
+            return tensor
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True)
 
     def _closing_answer(self, request: SessionRequest) -> SessionAnswer:
         """A request that only ends its session: always answered, whether or not the session
