@@ -200,6 +200,7 @@ class InProcessSessions:
         )
         self._ids = itertools.count(1)
         self._session: int | None = None  # one open session, shared by the decode cases
+        self._batch_sessions: dict[int, list[int]] = {}  # k -> k open sessions, likewise
 
     def start(self, image: bytes) -> Callable[[int], Callable[[int], object]]:
         from sam2_triton.sessions.image import SessionRequest
@@ -264,10 +265,12 @@ class InProcessSessions:
         from sam2_triton.sessions.image import SessionRequest
 
         def make(_worker: int):
-            keys = [next(self._ids) for _ in range(k)]
-            self.engine.execute(
-                [SessionRequest(key, start=True, image_bytes=image) for key in keys]
-            )
+            keys = self._batch_sessions.get(k)
+            if keys is None:  # opened once, shared by the cases (each start is an encode)
+                keys = self._batch_sessions[k] = [next(self._ids) for _ in range(k)]
+                self.engine.execute(
+                    [SessionRequest(key, start=True, image_bytes=image) for key in keys]
+                )
             batches = [
                 [
                     SessionRequest(
@@ -292,14 +295,18 @@ class InProcessSessions:
 
         return make
 
-    def stage_profile(self, make: Callable[[int], Callable[[int], object]], calls: int) -> dict:
+    def stage_profile(
+        self, make: Callable[[int], Callable[[int], object]], calls: int, warm: bool = True
+    ) -> dict:
         """Milliseconds per call of each stage of the engine's work (the engine's
         :class:`~sam2_triton.sessions.runtime.StageClock`, a synchronisation after each stage),
-        over ``calls`` calls after one untimed call."""
+        over ``calls`` calls, after one untimed call if ``warm`` (not needed where ``make``'s
+        calls were just timed)."""
         from sam2_triton.sessions.runtime import StageClock
 
         call = make(0)
-        call(0)
+        if warm:
+            call(0)
         self.engine.clock = StageClock(self.engine.device)
         try:
             for i in range(calls):

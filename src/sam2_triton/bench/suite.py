@@ -631,7 +631,7 @@ class Suite:
             start = engine.start(image)
             out[("session_start", None)] = self._baseline(start, 1, device, "session_start")
             # Where the time goes: the same calls again, each stage ended by a synchronisation.
-            out[("session_start", None)]["stages_ms"] = engine.stage_profile(start, calls)
+            out[("session_start", None)]["stages_ms"] = engine.stage_profile(start, calls, False)
             if device == "cuda":  # nvJPEG against libjpeg-turbo: the start's time, the masks
                 from sam2_triton.sessions.jpeg import JpegDecoder
 
@@ -639,7 +639,7 @@ class Suite:
                 base["jpeg_on_gpu"] = engine.jpeg_agreement(image, prompts)
                 engine.engine.jpeg = JpegDecoder(engine.engine.device, on_gpu=False)
                 base["jpeg_on_cpu"] = self._baseline(start, 1, device, "session_start")
-                base["jpeg_on_cpu"]["stages_ms"] = engine.stage_profile(start, calls)
+                base["jpeg_on_cpu"]["stages_ms"] = engine.stage_profile(start, calls, False)
                 engine.engine.jpeg = JpegDecoder(engine.engine.device, on_gpu=True)
             for outputs in (bs.RLE_OUTPUTS, bs.FULL_OUTPUTS):
                 self._describe(f"in-process session_decode {outputs}")
