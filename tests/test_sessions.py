@@ -239,23 +239,20 @@ def test_bucketed_decoder_pads_batches_and_keeps_each_rows_answer(tiny_repositor
     row goes unpadded to the plain session."""
     import torch
 
-    from sam2_triton.export import DECODER_INPUTS, DECODER_OUTPUTS, TENSOR_SHAPES
+    from sam2_triton.export import TENSOR_SHAPES
+    from sam2_triton.sessions.image import decoder_shapes
     from sam2_triton.sessions.runtime import BucketedOrtSession, TorchOrtSession
 
     path = tiny_repository / "sam2_decoder" / "1" / "model.onnx"
     cpu = torch.device("cpu")
     plain = TorchOrtSession(path, cpu)
-    shapes = {n: tuple(abs(d) for d in TENSOR_SHAPES[n]) for n in DECODER_INPUTS}
-    outputs = {n: TENSOR_SHAPES[n] for n in DECODER_OUTPUTS}
-    bucketed = BucketedOrtSession(path, cpu, plain, [2, 4], warm=(shapes, outputs))
+    bucketed = BucketedOrtSession(path, cpu, plain, [2, 4], warm=decoder_shapes())
     assert sorted(bucketed.sessions) == [2, 4]
     generator = torch.Generator().manual_seed(0)
     for k in (1, 3, 4, 5):
         feed = {
-            n: torch.randn(
-                (k, *(3 if d == -1 else d for d in TENSOR_SHAPES[n])), generator=generator
-            )
-            for n in DECODER_INPUTS
+            n: torch.randn((k, *shape), generator=generator)
+            for n, shape in decoder_shapes(points=3)[0].items()
         }
         feed["point_labels"] = torch.ones((k, 3))
         feed["has_mask_input"] = torch.zeros((k, 1))

@@ -19,12 +19,13 @@ import time
 import numpy as np
 import torch
 
-from sam2_triton.export import DECODER_INPUTS, DECODER_OUTPUTS, TENSOR_SHAPES
+from sam2_triton.export import TENSOR_SHAPES
+from sam2_triton.sessions.image import decoder_shapes
 from sam2_triton.sessions.runtime import BucketedOrtSession, TorchOrtSession, bucket_sizes
 
 
 def feed(k: int, points: int, device) -> dict[str, torch.Tensor]:
-    shapes = {n: (k, *(points if d == -1 else d for d in TENSOR_SHAPES[n])) for n in DECODER_INPUTS}
+    shapes = {n: (k, *s) for n, s in decoder_shapes(points)[0].items()}
     out = {n: torch.randn(s, device=device) for n, s in shapes.items()}
     out["point_labels"] = torch.ones(shapes["point_labels"], device=device)
     out["has_mask_input"] = torch.zeros(shapes["has_mask_input"], device=device)
@@ -53,10 +54,8 @@ def main() -> None:
     mixed = [feed(k, 1 + i % 2, device) for i, k in enumerate(sizes)]
     fixed = [feed(9, 1 + i % 2, device) for i in range(args.runs)]
     plain = TorchOrtSession(args.decoder, device)
-    shapes = {n: tuple(abs(d) for d in TENSOR_SHAPES[n]) for n in DECODER_INPUTS}
-    outputs = {n: TENSOR_SHAPES[n] for n in DECODER_OUTPUTS}
     bucketed = BucketedOrtSession(
-        args.decoder, device, plain, bucket_sizes(16), warm=(shapes, outputs)
+        args.decoder, device, plain, bucket_sizes(16), warm=decoder_shapes()
     )
     rows = []
     for name, session, feeds in (

@@ -177,6 +177,21 @@ class Suite:
             self._bar.update(1)
         return summarize(latencies, items, wall)
 
+    def _measure_served(self, make: Callable, items: int, concurrency: int, target, models):
+        """:meth:`_measure` a served case, with Triton's own split of its time per model
+        (:func:`~sam2_triton.bench.triton.server_breakdown`): the statistics are read after
+        the warm-up calls and after the timed ones, so the means cover the timed calls only."""
+        from sam2_triton.bench import triton as btriton
+
+        before: dict = {}
+
+        def snapshot() -> None:
+            before.update(btriton.server_statistics(target, models))
+
+        stats = self._measure(make, items, concurrency, on_start=snapshot)
+        after = btriton.server_statistics(target, models)
+        return stats, btriton.server_breakdown(before, after)
+
     def _describe(self, text: str) -> None:
         if self._bar is not None and not self._bar.disable:
             self._bar.set_postfix_str(text[:60])
@@ -548,7 +563,6 @@ class Suite:
         """``sam2_session``: a session started from a JPEG file, and clicks (module
         :mod:`sam2_triton.bench.sessions`), beside the engine in process."""
         from sam2_triton.bench import sessions as bs
-        from sam2_triton.bench import triton as btriton
         from sam2_triton.model_config import SESSION
 
         c = self.config
@@ -579,13 +593,7 @@ class Suite:
                         )
                 for model, outputs, make, conc in cases:
                     self._describe(f"triton {protocol} {model} {outputs or ''} c{conc}")
-                    before: dict = {}
-
-                    def snapshot(into: dict = before) -> None:
-                        into.update(btriton.server_statistics(target, [SESSION]))
-
-                    stats = self._measure(make, 1, conc, on_start=snapshot)
-                    after = btriton.server_statistics(target, [SESSION])
+                    stats, server = self._measure_served(make, 1, conc, target, [SESSION])
                     extra = {"protocol": protocol, "shared_memory": "none", "wire_dtype": "fp32"}
                     if outputs is not None:
                         extra["outputs"] = list(outputs)
@@ -593,8 +601,7 @@ class Suite:
                             bs.request_bytes(p, outputs, 2**53 - 1) for p in prompts
                         )
                     result = record("triton", model, stats, concurrency=conc, **extra, **common)
-                    # Triton's own split of the timed calls: queue, the model's execute, ...
-                    result["server"] = btriton.server_breakdown(before, after)
+                    result["server"] = server
                     base = baselines.get((model, outputs))
                     result["baseline"] = base
                     result["ratio"] = (
@@ -690,24 +697,16 @@ class Suite:
         if "interactive" in c.models:
             make = caller.interactive(inputs.encoder_feeds(1), self._clicks())
             cases.append(("interactive", 1, make, {"clicks": c.clicks, "points": c.points}))
-        from sam2_triton.bench import triton as btriton
 
         served = [m for m in (ENCODER, DECODER, DECODER_PROMPTS) if m in info]
         for model, batch, make, extra in cases:
             for conc in c.concurrency:
                 self._describe(f"triton {caller.protocol} {caller.shm} {model} b{batch} c{conc}")
-                before: dict = {}
-
-                def snapshot(into: dict = before) -> None:
-                    into.update(btriton.server_statistics(caller.target, served))
-
-                stats = self._measure(make, batch, conc, on_start=snapshot)
-                after = btriton.server_statistics(caller.target, served)
+                stats, server = self._measure_served(make, batch, conc, caller.target, served)
                 result = record(
                     "triton", model, stats, batch=batch, concurrency=conc, **extra, **common
                 )
-                # Taken after the warm-up calls: the means cover the timed calls only.
-                result["server"] = btriton.server_breakdown(before, after)
+                result["server"] = server
                 base = baselines.get((model, batch))
                 if base is None:
                     result["baseline"] = None

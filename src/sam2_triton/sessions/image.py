@@ -190,6 +190,13 @@ def mask_to_rle(mask: "torch.Tensor") -> np.ndarray:
     return masks_to_rle([mask])[0]
 
 
+def decoder_shapes(points: int = 1) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """The decoder graph's input and output shapes without the batch dim, for prompts of
+    ``points`` points (the one free dim of its inputs besides the batch)."""
+    inputs = {n: tuple(points if d == -1 else d for d in TENSOR_SHAPES[n]) for n in DECODER_INPUTS}
+    return inputs, {n: TENSOR_SHAPES[n] for n in DECODER_OUTPUTS}
+
+
 def _height_width(image: "np.ndarray | torch.Tensor") -> tuple[int, int]:
     """``(H, W)`` of an ``[H, W, 3]`` array or a ``[3, H, W]`` tensor."""
     if isinstance(image, np.ndarray):
@@ -254,15 +261,13 @@ class ImageSessionEngine:
         self.decoder = decoder(decoder_path, device, intra_op_threads)
         if device.type == "cuda" and decode_buckets:
             # Batches of several sessions' clicks at a few fixed sizes (see the class).
-            shapes = {n: tuple(abs(d) for d in TENSOR_SHAPES[n]) for n in DECODER_INPUTS}
-            outputs = {n: TENSOR_SHAPES[n] for n in DECODER_OUTPUTS}
             self.decoder = BucketedOrtSession(
                 decoder_path,
                 device,
                 self.decoder,
                 decode_buckets,
                 intra_op_threads,
-                warm=(shapes, outputs),
+                warm=decoder_shapes(),
             )
         self.store: SessionStore[ImageSession] = SessionStore(
             limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
@@ -522,7 +527,7 @@ class ImageSessionEngine:
                     one = full[row] if len(full[row]) == 1 else full[row].index_select(0, best[row])
                     rle_masks.append(one[0])
         rles = dict(zip(rle_rows, masks_to_rle(rle_masks)))  # the first synchronisation
-        if self.device.type == "cuda":
+        if host_masks and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the masks' copies
         host_iou = [v.float().cpu().numpy() for v in iou]
         answers = []
