@@ -108,3 +108,27 @@ def test_plot_draws_the_session_cases(tmp_path):
     assert len({rep._series(r) for r in clicks}) == 4  # {http, grpc} × {mask_rle, masks}
     png = rep.plot_latency_vs_concurrency(report, tmp_path / "plot.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_classes_of_the_profiled_kernels():
+    """The kernel-class split of ``profile_models.py`` (docs/benchmarks.md) files the kernels
+    seen on the H100 where they belong (names as CUPTI reports them)."""
+    from sam2_triton.bench.profile import kernel_class
+
+    seen = {
+        "void onnxruntime::cuda::_PadKernel<__half, 0>(unsigned long)": "copy, transpose, layout",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7": "attention",
+        "nvjet_sm90_hsh_256x128_64x4_1x2_h_bz_coopA_NNT": "matrix product",
+        "void onnxruntime::cuda::cuApplyLayerNorm<__half, float, __half, false>": "normalisation",
+        "void onnxruntime::cuda::_BinaryElementWise<__half, __half, __half, OP_Add>": (
+            "elementwise, activation"
+        ),
+        "sm90_xmma_dgrad_implicit_gemm_indexed_f16f16_f16f32_f32_nhwckrsc_nhwc": "convolution",
+        "void onnxruntime::cuda::Transpose4DKernelParallelizeMultipleElements": (
+            "copy, transpose, layout"
+        ),
+        "void at::native::vectorized_elementwise_kernel<8, GeluCUDAKernelImpl>": (
+            "elementwise, activation"
+        ),
+    }
+    assert {name: kernel_class(name) for name in seen} == seen

@@ -458,6 +458,8 @@ def _finish(model, path: Path, precision: str) -> None:
 
     if precision == "fp16":
         model = passes.to_fp16(model)
+    model = passes.pads_as_concats(model)
+    passes.constants_on_the_right(model)
     _declare_shapes(model)
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)

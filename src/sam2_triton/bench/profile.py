@@ -7,10 +7,13 @@ For one model size, on the exported graphs the servers run (the encoder's fused
 * the encoder's and the decoder's FLOPs per item (``torch.utils.flop_counter`` on the very
   modules the graphs are traced from), so each timing gives achieved TFLOP/s;
 * latency and throughput of each graph at each batch through ONNX Runtime with I/O binding
-  (:class:`~sam2_triton.sessions.runtime.TorchOrtSession`) and, for the decoder on a GPU,
-  with CUDA graphs (:class:`~sam2_triton.sessions.runtime.CudaGraphOrtSession`);
+  (:class:`~sam2_triton.sessions.runtime.TorchOrtSession`) and, on a GPU, at batch 1 with
+  CUDA graphs (:class:`~sam2_triton.sessions.runtime.CudaGraphOrtSession`);
 * ONNX Runtime's profiler over a few runs at batch 1: the share of each operator type and
-  the slowest nodes.
+  the slowest nodes;
+* on a GPU, the kernels themselves (CUPTI through ``torch.profiler``, which records every
+  kernel of the process, ONNX Runtime's too, without a synchronisation between nodes): device
+  time per run by kernel class and the top kernels, for ONNX Runtime and PyTorch eager.
 
     python scripts/profile_models.py --model base_plus --repository R --checkpoint C --out D
 """
@@ -111,7 +114,7 @@ def graph_paths(repository, device) -> dict[str, Path]:
     return {"encoder": encoder, "decoder": repository / "sam2_decoder" / "1" / "model.onnx"}
 
 
-def _feeds(model: str, batch: int, device) -> tuple[dict, dict]:
+def model_feeds(model: str, batch: int, device) -> tuple[dict, dict]:
     """Inputs (torch, on ``device``) and output shapes for one run at ``batch``."""
     import torch
 
@@ -143,7 +146,7 @@ def onnx_runtime_profile(path: Path, device, model: str, runs: int = 10) -> dict
     options.enable_profiling = True
     options.profile_file_prefix = f"/tmp/sam2_profile_{model}"
     session = ort.InferenceSession(str(path), options, providers=providers_for(device))
-    feed, _ = _feeds(model, 1, device)
+    feed, _ = model_feeds(model, 1, device)
     host = {n: v.cpu().numpy() for n, v in feed.items()}
     for _ in range(runs + 2):
         session.run(None, host)
@@ -166,6 +169,98 @@ def onnx_runtime_profile(path: Path, device, model: str, runs: int = 10) -> dict
         "slowest_nodes": [
             {"node": node, "op": op, "ms_per_run": round(t / (runs + 2) / 1e3, 3)}
             for (node, op), t in by_node.most_common(10)
+        ],
+    }
+
+
+#: Kernel classes by name (first match wins), for :func:`kernel_profile`'s summary.
+KERNEL_CLASSES = (
+    ("attention", ("fmha", "flash", "attention", "sdpa", "softmax")),
+    # before the matrix products: cuDNN's convolutions are "implicit_gemm" kernels
+    ("convolution", ("conv", "implicit", "winograd", "dgrad", "wgrad", "fft")),
+    ("matrix product", ("gemm", "sm90_xmma", "cutlass", "cublas", "matmul", "nvjet")),
+    ("normalisation", ("layernorm", "layer_norm", "norm")),
+    (
+        "copy, transpose, layout",
+        (
+            "transpose",
+            "copy",
+            "memcpy",
+            "memset",
+            "nchw",
+            "nhwc",
+            "concat",
+            "slice",
+            "gather",
+            "pad",
+            "cat_",
+            "index",
+        ),
+    ),
+    (
+        "elementwise, activation",
+        (
+            "elementwise",
+            "gelu",
+            "add",
+            "mul",
+            "cast",
+            "binary",
+            "unary",
+            "vectorized",
+            "reduce",
+            "where",
+        ),
+    ),
+)
+
+
+def kernel_class(name: str) -> str:
+    """The class of a CUDA kernel by its (mangled or demangled) name."""
+    low = name.lower()
+    return next((c for c, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other")
+
+
+def kernel_profile(call, device, runs: int = 10, top: int = 12) -> dict:
+    """Device time of ``call()`` by kernel, from CUPTI (``torch.profiler``): per run, the
+    total, its split by :func:`kernel_class` and the ``top`` kernels. The runs are back to
+    back with one synchronisation at the end, as served work runs."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        call()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            call()
+        _sync(device)
+    by_name: Counter = Counter()
+    launches: Counter = Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0:
+            by_name[e.name] += e.device_time  # microseconds
+            launches[e.name] += 1
+    total = sum(by_name.values()) or 1
+    classes: Counter = Counter()
+    for name, t in by_name.items():
+        classes[kernel_class(name)] += t
+    return {
+        "device_ms_per_run": round(total / runs / 1e3, 3),
+        "kernels_per_run": round(sum(launches.values()) / runs, 1),
+        "by_class": [
+            {"class": c, "share": round(t / total, 4), "ms_per_run": round(t / runs / 1e3, 3)}
+            for c, t in classes.most_common()
+        ],
+        "top": [
+            {
+                "kernel": name[:120],
+                "class": kernel_class(name),
+                "share": round(t / total, 4),
+                "ms_per_run": round(t / runs / 1e3, 3),
+                "calls_per_run": round(launches[name] / runs, 1),
+            }
+            for name, t in by_name.most_common(top)
         ],
     }
 
@@ -194,7 +289,7 @@ def torch_eager(
             ("decoder", export.prompt_decoder(model), decoder_batches),
         ):
             for batch in batches:
-                feed, _ = _feeds(name, batch, device)
+                feed, _ = model_feeds(name, batch, device)
                 args = [feed[n] for n in (["image"] if name == "encoder" else feed)]
 
                 def call(module=module, args=args):
@@ -205,6 +300,8 @@ def torch_eager(
 
                 stats = time_call(call, device, iterations, 3, min_time_s)
                 rows.append({"runtime": "pytorch eager", "model": name, "batch": batch, **stats})
+                if device.type == "cuda":
+                    rows[-1]["kernels"] = kernel_profile(call, device)
     return rows
 
 
@@ -238,12 +335,13 @@ def profile(
     runners = {"encoder": [("onnxruntime", TorchOrtSession(paths["encoder"], device))]}
     runners["decoder"] = [("onnxruntime", TorchOrtSession(paths["decoder"], device))]
     if device.type == "cuda":
-        graphs = CudaGraphOrtSession(paths["decoder"], device)
-        runners["decoder"].append(("onnxruntime + CUDA graphs", graphs))
+        for model in ("encoder", "decoder"):
+            graphs = CudaGraphOrtSession(paths[model], device)
+            runners[model].append(("onnxruntime + CUDA graphs", graphs))
     for model, batches in (("encoder", encoder_batches), ("decoder", decoder_batches)):
         for runtime, runner in runners[model]:
             for batch in batches:
-                feed, shapes = _feeds(model, batch, device)
+                feed, shapes = model_feeds(model, batch, device)
                 stats = time_call(
                     lambda runner=runner, feed=feed, shapes=shapes: runner.run(feed, shapes),
                     device,
@@ -251,10 +349,15 @@ def profile(
                     3,
                     min_time_s,
                 )
-                rows = {"runtime": runtime, "model": model, "batch": batch, **stats}
+                row = {"runtime": runtime, "model": model, "batch": batch, **stats}
                 if isinstance(runner, CudaGraphOrtSession):
-                    rows["graphs"] = runner.error or "on"
-                report["rows"].append(rows)
+                    row["graphs"] = runner.error or "on"
+                if device.type == "cuda":
+                    row["kernels"] = kernel_profile(
+                        lambda runner=runner, feed=feed, shapes=shapes: runner.run(feed, shapes),
+                        device,
+                    )
+                report["rows"].append(row)
         report["profile"][model] = onnx_runtime_profile(paths[model], device, model)
     if torch_baseline:
         report["rows"] += torch_eager(
@@ -297,6 +400,36 @@ def markdown(report: dict) -> str:
             f"| {runtime} | {r['model']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} "
             f"| {r['items_per_s']} | {r['tflop_s']} |"
         )
+    profiled = [r for r in report["rows"] if "kernels" in r]
+    if profiled:
+        lines += [
+            "",
+            "Device time by kernel class (CUPTI; back-to-back runs, one sync at the end):",
+            "",
+            "| runtime | model | batch | device ms per run | kernels per run | by class |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in profiled:
+            k = r["kernels"]
+            split = ", ".join(f"{c['class']} {c['share']:.0%}" for c in k["by_class"][:5])
+            lines.append(
+                f"| {r['runtime']} | {r['model']} | {r['batch']} | {k['device_ms_per_run']} "
+                f"| {k['kernels_per_run']} | {split} |"
+            )
+        for r in profiled:
+            if r["model"] == "encoder" and r["batch"] in (1, 8):
+                lines += [
+                    "",
+                    f"Top kernels, {r['runtime']}, encoder, batch {r['batch']}:",
+                    "",
+                    "| kernel | class | share | ms per run | calls per run |",
+                    "|---|---|---|---|---|",
+                ]
+                lines += [
+                    f"| `{t['kernel'][:80]}` | {t['class']} | {t['share']:.1%} "
+                    f"| {t['ms_per_run']} | {t['calls_per_run']} |"
+                    for t in r["kernels"]["top"][:8]
+                ]
     for model, prof in report["profile"].items():
         lines += [
             "",

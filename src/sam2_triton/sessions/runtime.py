@@ -44,8 +44,13 @@ def torch_device(kind: str, device_id: int = 0) -> "torch.device":
     return torch.device("cpu")
 
 
-def providers_for(device: "torch.device") -> list:
-    """ONNX Runtime execution providers for ``device``: CUDA EP on a GPU, else the CPU EP."""
+def providers_for(
+    device: "torch.device", provider_options: Mapping[str, str] | None = None
+) -> list:
+    """ONNX Runtime execution providers for ``device``: CUDA EP on a GPU, else the CPU EP.
+
+    ``provider_options`` (CUDA EP options, e.g. ``{"sdpa_kernel": "1"}``) are added to the
+    defaults of :data:`~sam2_triton.model_config.CUDA_MEMORY`; ignored on a CPU."""
     import onnxruntime as ort
 
     if device.type != "cuda":
@@ -62,7 +67,7 @@ def providers_for(device: "torch.device") -> list:
     from sam2_triton.model_config import CUDA_MEMORY
 
     # The memory settings of the ONNX models' GPU configs (model_config.CUDA_MEMORY).
-    options = {**CUDA_MEMORY, "device_id": device.index or 0}
+    options = {**CUDA_MEMORY, **(provider_options or {}), "device_id": device.index or 0}
     return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
 
@@ -105,6 +110,7 @@ class TorchOrtSession:
         path: str | os.PathLike,
         device: "torch.device",
         intra_op_threads: int = 0,
+        provider_options: Mapping[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -115,7 +121,9 @@ class TorchOrtSession:
         self.device = device
         self.path = path
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
+            self.session = ort.InferenceSession(
+                str(path), options, providers=providers_for(device, provider_options)
+            )
         except Exception as e:  # noqa: BLE001 - any load failure is the model's
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load {path}: {first}") from None
@@ -178,15 +186,20 @@ class CudaGraphOrtSession(TorchOrtSession):
     CHECKED_RUNS = 3
 
     def __init__(
-        self, path, device: "torch.device", intra_op_threads: int = 0, max_graphs: int = 64
+        self,
+        path,
+        device: "torch.device",
+        intra_op_threads: int = 0,
+        max_graphs: int = 64,
+        provider_options: Mapping[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
         if device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        super().__init__(path, device, intra_op_threads)
+        super().__init__(path, device, intra_op_threads, provider_options)
         options = session_options(device, intra_op_threads)
-        providers = providers_for(device)
+        providers = providers_for(device, provider_options)
         providers[0] = (providers[0][0], {**providers[0][1], "enable_cuda_graph": "1"})
         try:
             self.graph_session = ort.InferenceSession(str(self.path), options, providers=providers)
