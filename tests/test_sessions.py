@@ -263,6 +263,42 @@ def test_bucketed_decoder_pads_batches_and_keeps_each_rows_answer(tiny_repositor
             assert torch.allclose(got[name], expected[name], atol=1e-4), (k, name)
 
 
+def test_arena_shrinks_on_the_first_small_run_after_large_ones(tiny_repository):
+    """``shrink_arena_above=1``: runs of one image never ask ONNX Runtime to shrink its arena
+    while no larger run came before; after a burst of larger runs (none of which shrinks: a
+    burst reuses its memory), the next run of one image does, once. Recorded on the real
+    session's calls (the shrink itself needs a GPU arena: on the CPU the run options carry
+    no shrink entry)."""
+    import onnxruntime as ort
+    import torch
+
+    from sam2_triton.export import TENSOR_SHAPES
+    from sam2_triton.sessions.runtime import TorchOrtSession
+
+    path = tiny_repository / "sam2_encoder" / "1" / "model.onnx"
+    encoder = TorchOrtSession(path, torch.device("cpu"), shrink_arena_above=1)
+    marker = encoder._shrink = ort.RunOptions()  # what a CUDA instance builds, less the entry
+    real, passed = encoder.session, []
+
+    class Recording:
+        def io_binding(self):
+            return real.io_binding()
+
+        def run_with_iobinding(self, binding, options=None):
+            passed.append(options is marker)
+            return real.run_with_iobinding(binding, options)
+
+    encoder.session = Recording()
+    image = torch.zeros((1, *TENSOR_SHAPES["image"]))
+    shapes = {"image_embeddings": (1, *TENSOR_SHAPES["image_embeddings"])}
+    for batch in (1, 1, 2, 2, 1, 1, 2, 1):
+        encoder.run(
+            {"image": image.expand(batch, -1, -1, -1)},
+            {n: (batch, *s[1:]) for n, s in shapes.items()},
+        )
+    assert passed == [False, False, False, False, True, False, False, True]
+
+
 def _jpeg(image: np.ndarray, orientation: int = 1, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     exif = Image.Exif()

@@ -235,7 +235,9 @@ class ImageSessionEngine:
     (:class:`~sam2_triton.sessions.jpeg.JpegDecoder`; with nvJPEG on a CUDA device unless
     ``jpeg_on_gpu`` is false), other files by Pillow. On a CUDA device, batches of several
     sessions' clicks run padded to one of ``decode_buckets``
-    (:class:`~sam2_triton.sessions.runtime.BucketedOrtSession`; none: unpadded).
+    (:class:`~sam2_triton.sessions.runtime.BucketedOrtSession`; none: unpadded). After
+    encoder runs of more than ``shrink_encoder_arena_above`` images, the next smaller run
+    gives their extra working memory back (None: the encoder's arena keeps its peak).
     """
 
     def __init__(
@@ -249,13 +251,18 @@ class ImageSessionEngine:
         cuda_graphs: bool = True,
         jpeg_on_gpu: bool = True,
         decode_buckets: Sequence[int] = (2, 4, 8, 16),
+        shrink_encoder_arena_above: int | None = 1,
         on_drop: Callable[[Hashable, ImageSession, str], None] | None = None,
     ) -> None:
         import torch
 
         self.device = device
         self.limits = limits
-        self.encoder = TorchOrtSession(encoder_path, device, intra_op_threads)
+        # Starts come one image at a time but also in bursts (up to max_encode_batch): once
+        # single images follow a burst, its working set goes back to the device.
+        self.encoder = TorchOrtSession(
+            encoder_path, device, intra_op_threads, shrink_arena_above=shrink_encoder_arena_above
+        )
         # The decoder's time at small batches is mostly kernel launches: CUDA graphs.
         decoder = CudaGraphOrtSession if cuda_graphs and device.type == "cuda" else TorchOrtSession
         self.decoder = decoder(decoder_path, device, intra_op_threads)
