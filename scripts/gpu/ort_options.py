@@ -4,7 +4,7 @@
 For the encoder (the fused ``model.cuda.onnx``) and the decoder of an exported repository:
 median latency at batch 1, throughput at a large batch, device memory in use, and the
 largest difference of each output from the current options' (so a faster kernel that
-changes the answers shows). Option sets: the current ``CUDA_MEMORY`` defaults; cuDNN's
+changes the answers shows). Option sets: the current ``CUDA_EP_OPTIONS`` defaults; cuDNN's
 exhaustive convolution search with its full workspace; NHWC convolutions; each attention
 kernel ONNX Runtime's ``sdpa_kernel`` can force (its debug print, counted, says which kernel
 each ``MultiHeadAttention`` node really ran); then the options that helped, together, and

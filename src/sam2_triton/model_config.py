@@ -74,14 +74,20 @@ MAX_POINTS = 64
 #: them into several requests (:meth:`sam2_triton.client.Sam2Pipeline.decode_batch`).
 MAX_PROMPTS = 64
 
-#: ONNX Runtime CUDA EP options of every GPU config. The arena grows by what is asked, not
-#: to the next power of two (its default), so a model holds about its working set; cuDNN
-#: picks convolution algorithms by heuristics without benchmark runs and gets no workspace
-#: beyond what they need (its default takes up to all free memory for the fastest one).
-CUDA_MEMORY = {
+#: ONNX Runtime CUDA EP options of every GPU config (and of this project's own sessions). The
+#: arena grows by what is asked, not to the next power of two (its default), so a model holds
+#: about its working set; cuDNN picks convolution algorithms by heuristics without benchmark
+#: runs and gets no workspace beyond what they need (its default takes up to all free memory
+#: for the fastest one). Attention (the encoder's fused ``MultiHeadAttention``) runs flash
+#: attention, else the memory-efficient kernel (``sdpa_kernel`` bits 1 | 2): ONNX Runtime
+#: 1.31 otherwise picks cuDNN's, which builds a new execution plan whenever the batch size
+#: changes. Measured on the H100 (docs/benchmarks.md): the first single image after a
+#: burst of eight took 690 ms to encode with cuDNN's kernel, 49 ms with these.
+CUDA_EP_OPTIONS = {
     "arena_extend_strategy": "kSameAsRequested",
     "cudnn_conv_algo_search": "HEURISTIC",
     "cudnn_conv_use_max_workspace": "0",
+    "sdpa_kernel": "3",
 }
 
 HEADER = (
@@ -329,11 +335,11 @@ def _with_accelerator_and_parameters(
                     f"{tensor}:{shapes[i]}" for tensor, shapes in trt_profile.items()
                 )
         # The CUDA EP (TensorRT's fall-back, and the whole graph where TensorRT is missing),
-        # with the memory settings of CUDA_MEMORY: read by NVIDIA's ONNX Runtime backend and
-        # by this project's.
+        # with the options of CUDA_EP_OPTIONS: read by NVIDIA's ONNX Runtime backend (which
+        # passes every key to the CUDA EP) and by this project's.
         cuda = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         cuda.name = "cuda"
-        for key, value in CUDA_MEMORY.items():
+        for key, value in CUDA_EP_OPTIONS.items():
             cuda.parameters[key] = value
         # For Triton's python backend only (the embedded server): accept inputs that are
         # already on the GPU, as the encoder's outputs are inside the sam2 ensemble.

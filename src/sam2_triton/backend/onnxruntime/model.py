@@ -80,7 +80,7 @@ def choose_providers(config: dict, kind: str, device_id: int, log) -> list:
             Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         providers.append(("TensorrtExecutionProvider", opts))
     if "CUDAExecutionProvider" in available:
-        # The config's "cuda" accelerator entry: CUDA EP options (memory settings), as
+        # The config's "cuda" accelerator entry: CUDA EP options (memory, attention), as
         # NVIDIA's ONNX Runtime backend reads them.
         cuda = next((a for a in accelerators if a.get("name") == "cuda"), {})
         options = {**cuda.get("parameters", {}), "device_id": device_id}
