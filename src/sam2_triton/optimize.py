@@ -420,9 +420,9 @@ def pads_as_concats(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
     Why: Hiera pads each windowed block's input up to a multiple of its window (base_plus:
     64×64 → 70×70 tokens in stage 3, 32×32 → 35×35 in stage 4). ONNX Runtime's CUDA ``Pad``
-    is a generic per-element kernel: measured with CUPTI on the H200 (docs/benchmarks.md),
-    its 15 calls took 2.9 ms of the base_plus encoder's 9.5 ms at batch 1, a third of the
-    device time, for tensors of 4 MB. A ``Concat`` of the input and a ``ConstantOfShape``
+    is a generic per-element kernel: measured with CUPTI on the H100 (docs/benchmarks.md),
+    its 15 calls took 3.9 ms of the base_plus encoder's 10.6 ms of device time at batch 1,
+    for tensors of a few MB. A ``Concat`` of the input and a ``ConstantOfShape``
     block of zeros per padded dim writes the same tensor at copy speed. The result is equal
     element for element (zeros are zeros); the batch dim may be symbolic, the others must be
     static. Run after the FP16 conversion (the zeros take the input's element type).

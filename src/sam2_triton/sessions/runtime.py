@@ -110,8 +110,7 @@ class TorchOrtSession:
     good, and one burst of eight new images left the base_plus encoder's arena 5.4 GiB larger
     in every ``sam2_session`` instance (measured on the H100), for runs that are almost all of
     one image. Not on the large runs themselves: a burst is several of them back to back, and
-    giving the memory back after each (measured: 78 → 149 ms per run of 8) costs more than
-    it saves.
+    memory given back after each would be allocated again for the next.
     """
 
     def __init__(
