@@ -5,7 +5,8 @@ ONNX Runtime's CUDA convolutions build their cuDNN plan again when their input s
 This times, on one device: the plain session (as sam2_session ran before) at a fixed batch
 size and at batch sizes drawn at random from 2..16 (one and two points alternating), then
 the same random sizes through BucketedOrtSession (each size padded to 2, 4, 8 or 16, a
-session per bucket). Prints median ms per run and clicks per second.
+session per bucket), without and with a CUDA graph per bucket. Prints median ms per run
+and clicks per second.
 
     python scripts/gpu/decoder_batch_shapes.py --decoder REPO/sam2_decoder/1/model.onnx
 """
@@ -21,7 +22,12 @@ import torch
 
 from sam2_triton.export import TENSOR_SHAPES
 from sam2_triton.sessions.image import decoder_shapes
-from sam2_triton.sessions.runtime import BucketedOrtSession, TorchOrtSession, bucket_sizes
+from sam2_triton.sessions.runtime import (
+    BucketedOrtSession,
+    CudaGraphOrtSession,
+    TorchOrtSession,
+    bucket_sizes,
+)
 
 
 def feed(k: int, points: int, device) -> dict[str, torch.Tensor]:
@@ -57,11 +63,16 @@ def main() -> None:
     bucketed = BucketedOrtSession(
         args.decoder, device, plain, bucket_sizes(16), warm=decoder_shapes()
     )
+    single = CudaGraphOrtSession(args.decoder, device)
+    graphed = BucketedOrtSession(
+        args.decoder, device, single, bucket_sizes(16), warm=decoder_shapes(), graphs=True
+    )
     rows = []
     for name, session, feeds in (
         ("plain, batch 9 every run", plain, fixed),
         ("plain, batch 2-16 at random", plain, mixed),
         ("bucketed, batch 2-16 at random", bucketed, mixed),
+        ("bucketed with CUDA graphs, batch 2-16 at random", graphed, mixed),
     ):
         timed(session, feeds[:20])  # warm-up
         times = timed(session, feeds)

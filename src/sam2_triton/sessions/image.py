@@ -235,7 +235,8 @@ class ImageSessionEngine:
     (:class:`~sam2_triton.sessions.jpeg.JpegDecoder`; with nvJPEG on a CUDA device unless
     ``jpeg_on_gpu`` is false), other files by Pillow. On a CUDA device, batches of several
     sessions' clicks run padded to one of ``decode_buckets``
-    (:class:`~sam2_triton.sessions.runtime.BucketedOrtSession`; none: unpadded). After
+    (:class:`~sam2_triton.sessions.runtime.BucketedOrtSession`, with CUDA graphs too when
+    ``cuda_graphs``; none: unpadded). After
     encoder runs of more than ``shrink_encoder_arena_above`` images, the next smaller run
     gives their extra working memory back (None: the encoder's arena keeps its peak).
     """
@@ -275,6 +276,7 @@ class ImageSessionEngine:
                 decode_buckets,
                 intra_op_threads,
                 warm=decoder_shapes(),
+                graphs=cuda_graphs,
             )
         self.store: SessionStore[ImageSession] = SessionStore(
             limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
