@@ -460,9 +460,10 @@ def pads_as_concats(model: "onnx.ModelProto") -> "onnx.ModelProto":
             np.zeros(1, helper.tensor_dtype_to_np_dtype(types[x])), f"{name}/zero"
         )
         batch = f"{name}/batch"
-        nodes.append(helper.make_node("Shape", [x], [batch], name=batch, start=0, end=1))
         current, size = x, list(shape)
         padded = [axis for axis in range(1, rank) if pads[rank + axis] > 0]
+        if padded:
+            nodes.append(helper.make_node("Shape", [x], [batch], name=batch, start=0, end=1))
         for axis in padded:
             block = [*size[1:axis], int(pads[rank + axis]), *size[axis + 1 :]]
             rest, target, zeros = f"{name}/rest{axis}", f"{name}/shape{axis}", f"{name}/zeros{axis}"

@@ -236,9 +236,9 @@ class ImageSessionEngine:
     ``jpeg_on_gpu`` is false), other files by Pillow. On a CUDA device, batches of several
     sessions' clicks run padded to one of ``decode_buckets``
     (:class:`~sam2_triton.sessions.runtime.BucketedOrtSession`, with CUDA graphs too when
-    ``cuda_graphs``; none: unpadded). After
-    encoder runs of more than ``shrink_encoder_arena_above`` images, the next smaller run
-    gives their extra working memory back (None: the encoder's arena keeps its peak).
+    ``cuda_graphs``; none: unpadded). After encoder runs of more than
+    ``shrink_encoder_arena_above`` images, the next smaller run gives their extra working
+    memory back (None: the encoder's arena keeps its peak).
     """
 
     def __init__(
