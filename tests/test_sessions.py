@@ -264,21 +264,23 @@ def test_bucketed_decoder_pads_batches_and_keeps_each_rows_answer(tiny_repositor
 
 
 def test_arena_shrinks_on_the_first_small_run_after_large_ones(tiny_repository):
-    """``shrink_arena_above=1``: runs of one image never ask ONNX Runtime to shrink its arena
+    """``shrink_arena_above=1``: runs of one row never ask ONNX Runtime to shrink its arena
     while no larger run came before; after a burst of larger runs (none of which shrinks: a
-    burst reuses its memory), the next run of one image does, once. Recorded on the real
+    burst reuses its memory), the next run of one row does, once. Recorded on the real
     session's calls (the shrink itself needs a GPU arena: on the CPU the run options carry
-    no shrink entry)."""
+    no shrink entry). The engine sets it on the encoder; the policy is the same on any graph,
+    so the small decoder stands in here."""
     import onnxruntime as ort
     import torch
 
     from sam2_triton.export import TENSOR_SHAPES
+    from sam2_triton.sessions.image import decoder_shapes
     from sam2_triton.sessions.runtime import TorchOrtSession
 
-    path = tiny_repository / "sam2_encoder" / "1" / "model.onnx"
-    encoder = TorchOrtSession(path, torch.device("cpu"), shrink_arena_above=1)
-    marker = encoder._shrink = ort.RunOptions()  # what a CUDA instance builds, less the entry
-    real, passed = encoder.session, []
+    path = tiny_repository / "sam2_decoder" / "1" / "model.onnx"
+    session = TorchOrtSession(path, torch.device("cpu"), shrink_arena_above=1)
+    marker = session._shrink = ort.RunOptions()  # what a CUDA instance builds, less the entry
+    real, passed = session.session, []
 
     class Recording:
         def io_binding(self):
@@ -288,14 +290,10 @@ def test_arena_shrinks_on_the_first_small_run_after_large_ones(tiny_repository):
             passed.append(options is marker)
             return real.run_with_iobinding(binding, options)
 
-    encoder.session = Recording()
-    image = torch.zeros((1, *TENSOR_SHAPES["image"]))
-    shapes = {"image_embeddings": (1, *TENSOR_SHAPES["image_embeddings"])}
+    session.session = Recording()
     for batch in (1, 1, 2, 2, 1, 1, 2, 1):
-        encoder.run(
-            {"image": image.expand(batch, -1, -1, -1)},
-            {n: (batch, *s[1:]) for n, s in shapes.items()},
-        )
+        feed = {n: torch.zeros((batch, *s)) for n, s in decoder_shapes()[0].items()}
+        session.run(feed, {"iou_predictions": (batch, *TENSOR_SHAPES["iou_predictions"])})
     assert passed == [False, False, False, False, True, False, False, True]
 
 
