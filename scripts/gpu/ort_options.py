@@ -26,18 +26,13 @@ from collections import Counter
 
 import torch
 
-from sam2_triton.bench.profile import graph_paths, model_feeds, time_call
+from sam2_triton.bench.profile import device_used_gib, graph_paths, model_feeds, time_call
 from sam2_triton.sessions.runtime import CudaGraphOrtSession, TorchOrtSession
 
 EXHAUSTIVE = {"cudnn_conv_algo_search": "EXHAUSTIVE", "cudnn_conv_use_max_workspace": "1"}
 NHWC = {"prefer_nhwc": "1"}
 #: ONNX Runtime's AttentionBackend bits (contrib_ops/cpu/bert/attention_common.h).
 SDPA = {"flash": 1, "efficient": 2, "trt fused": 4, "cudnn flash": 8, "math": 16}
-
-
-def used_gib() -> float:
-    free, total = torch.cuda.mem_get_info()
-    return round((total - free) / 2**30, 2)
 
 
 def kernels_run(path, device, options: dict) -> dict[str, int]:
@@ -72,7 +67,7 @@ def measure(model: str, session, device, batch: int, reference: dict | None) -> 
     row = {
         "batch1_p50_ms": one["p50_ms"],
         f"batch{batch}_per_s": round(batch / many["p50_ms"] * 1e3, 1),
-        "device_used_gib": used_gib(),
+        "device_used_gib": device_used_gib(),
     }
     if reference is not None:
         row["max_abs_diff"] = {

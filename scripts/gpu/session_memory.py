@@ -16,28 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
-from sam2_triton.bench.profile import graph_paths
+from sam2_triton.bench.profile import device_used_gib, graph_paths, time_call
 from sam2_triton.sessions.image import ImageSessionEngine
 
 
-def used_gib() -> float:
-    free, total = torch.cuda.mem_get_info()
-    return round((total - free) / 2**30, 2)
-
-
 def timed(engine, images, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        engine.encode(images)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return round(1e3 * statistics.median(times), 2)
+    """Median ms of ``runs`` encodes of ``images`` (no warm-up: the first may be the point)."""
+    device = engine.device
+    return round(time_call(lambda: engine.encode(images), device, runs, 0, 0.0)["p50_ms"], 2)
 
 
 def main() -> None:
@@ -49,20 +38,20 @@ def main() -> None:
     device = torch.device("cuda")
     shrink = None if args.shrink_above == "none" else int(args.shrink_above)
     paths = graph_paths(args.repository, device)
-    row: dict = {"shrink_encoder_arena_above": shrink, "before_gib": used_gib()}
+    row: dict = {"shrink_encoder_arena_above": shrink, "before_gib": device_used_gib()}
     engine = ImageSessionEngine(
         paths["encoder"], paths["decoder"], device, shrink_encoder_arena_above=shrink
     )
-    row["loaded_gib"] = used_gib()
+    row["loaded_gib"] = device_used_gib()
     image = torch.randint(0, 256, (3, 1080, 1920), dtype=torch.uint8, device=device)
     row["encode_1_ms"] = timed(engine, [image], 10)
-    row["after_single_gib"] = used_gib()
+    row["after_single_gib"] = device_used_gib()
     row[f"encode_{args.burst}_ms"] = timed(engine, [image] * args.burst, 5)
-    row["after_burst_gib"] = used_gib()
+    row["after_burst_gib"] = device_used_gib()
     row["first_single_after_burst_ms"] = timed(engine, [image], 1)  # where a shrink runs
-    row["after_first_single_gib"] = used_gib()
+    row["after_first_single_gib"] = device_used_gib()
     row["encode_1_again_ms"] = timed(engine, [image], 10)
-    row["after_single_again_gib"] = used_gib()
+    row["after_single_again_gib"] = device_used_gib()
     # The switches again: what each change of batch size costs once plans exist for both.
     row[f"second_burst_first_{args.burst}_ms"] = timed(engine, [image] * args.burst, 1)
     row["second_first_single_ms"] = timed(engine, [image], 1)

@@ -43,6 +43,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def device_used_gib() -> float:
+    """GiB of the current CUDA device in use, by every process (as ``nvidia-smi`` counts)."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return round((total - free) / 2**30, 2)
+
+
 def time_call(call, device, iterations: int, warmup: int, min_time_s: float) -> dict:
     """Median/p90 latency (ms) of ``call()`` after ``warmup`` calls, at least ``iterations``
     calls and ``min_time_s`` seconds."""
@@ -342,21 +350,16 @@ def profile(
         for runtime, runner in runners[model]:
             for batch in batches:
                 feed, shapes = model_feeds(model, batch, device)
-                stats = time_call(
-                    lambda runner=runner, feed=feed, shapes=shapes: runner.run(feed, shapes),
-                    device,
-                    iterations,
-                    3,
-                    min_time_s,
-                )
+
+                def call(runner=runner, feed=feed, shapes=shapes):
+                    return runner.run(feed, shapes)
+
+                stats = time_call(call, device, iterations, 3, min_time_s)
                 row = {"runtime": runtime, "model": model, "batch": batch, **stats}
                 if isinstance(runner, CudaGraphOrtSession):
                     row["graphs"] = runner.error or "on"
                 if device.type == "cuda":
-                    row["kernels"] = kernel_profile(
-                        lambda runner=runner, feed=feed, shapes=shapes: runner.run(feed, shapes),
-                        device,
-                    )
+                    row["kernels"] = kernel_profile(call, device)
                 report["rows"].append(row)
         report["profile"][model] = onnx_runtime_profile(paths[model], device, model)
     if torch_baseline:

@@ -413,7 +413,8 @@ class BucketedOrtSession:
                 n: torch.zeros((b, *input_shapes[n]), dtype=torch.float32, device=self.device)
                 for n in session.input_names
             }
-            runs = CudaGraphOrtSession.CHECKED_RUNS + 1 if hasattr(session, "graph_session") else 1
+            graphed = isinstance(session, CudaGraphOrtSession)
+            runs = CudaGraphOrtSession.CHECKED_RUNS + 1 if graphed else 1
             for _ in range(runs):
                 session.run(feed, {n: (b, *s) for n, s in output_shapes.items()})
 
