@@ -455,6 +455,57 @@ def test_engine_state_is_metas_and_stays_within_its_bound(
         list(meta.propagate_in_video(state))
 
 
+def test_propagation_encodes_frames_in_batches_with_metas_answers(
+    video_checkpoint, frames_dir, reference
+):
+    """With ``feature_batch`` 4, one propagation over the 12 frames runs the image encoder on
+    batches of 4, 4 and 3 frames (frame 0, prompted for both objects, is not tracked) and
+    answers as Meta's predictor, which encodes one frame at a time; afterwards one frame's
+    features stay cached, as in Meta's predictor."""
+    import torch
+
+    from sam2_triton.models import MODEL_SIZES
+    from sam2_triton.sessions.video import (
+        VideoLimits,
+        VideoRequest,
+        VideoSessionEngine,
+        build_video_predictor,
+    )
+
+    device = torch.device("cpu")
+    predictor = build_video_predictor(
+        MODEL_SIZES["tiny"], video_checkpoint, device, image_size=IMAGE_SIZE
+    )
+    batches: list[int] = []
+    encode = predictor.forward_image
+
+    def counted(images):
+        batches.append(len(images))
+        return encode(images)
+
+    predictor.forward_image = counted
+    limits = VideoLimits(feature_batch=4, max_frames_per_response=FRAMES)
+    engine = VideoSessionEngine(predictor, device, limits)
+    files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
+    for request in (
+        VideoRequest(7, start=True, frames=files, object_id=1, frame_index=0, **POINTS),
+        VideoRequest(7, object_id=2, frame_index=0, **BOX),
+    ):
+        (answer,) = engine.execute([request])
+        assert not isinstance(answer, Exception), answer
+    batches.clear()
+    (tracked,) = engine.execute([VideoRequest(7, propagate=True)])
+    assert not isinstance(tracked, Exception), tracked
+    assert batches == [4, 4, 3]
+    expected = reference["pass1"]
+    assert list(tracked.frame_indices) == sorted(expected)
+    for masks, scores, frame in zip(tracked.masks, tracked.object_scores, tracked.frame_indices):
+        assert_masks_equal(masks, expected[frame][0], f"batched features, frame {frame}")
+        np.testing.assert_allclose(scores, expected[frame][1], atol=SCORE_TOL)
+    assert list(engine.store.get(7).state["cached_features"]) == [FRAMES - 1]
+    engine.close()
+
+
 # --- the CLI and the export -------------------------------------------------------------------
 
 
@@ -614,10 +665,16 @@ def test_quick_video_benchmark_against_the_server(video_server, video_checkpoint
     assert "wrote" in proc.stdout
     report = json.loads((out / "results.json").read_text())
     cases = {(r["backend"], r["objects"], r["videos"]) for r in report["results"]}
-    assert cases == {("served", o, 2) for o in (1, 2)} | {("meta_in_process", o, 1) for o in (1, 2)}
+    in_process = ("meta_in_process", "engine_in_process_feature_batch_1")
+    in_process += ("engine_in_process_feature_batch_8",)  # the default --feature-batch
+    assert cases == {("served", o, 2) for o in (1, 2)} | {
+        (b, o, 1) for b in in_process for o in (1, 2)
+    }
     for r in report["results"]:
         assert r["frames_per_video"] == 4, r
         assert r["propagate_fps_per_video"] > 0 and r["end_to_end_fps_total"] > 0, r
     assert report["config"]["image_size"] == IMAGE_SIZE and report["versions"]["sam2"]
     md = (out / "results.md").read_text()
     assert md.count("| served |") == 2 and md.count("| meta_in_process |") == 2, md
+    assert md.count("| engine_in_process_feature_batch_8 |") == 2, md
+    assert report["server"] == {"url": video_server.grpc_url, "started_here": False}

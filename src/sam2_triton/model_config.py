@@ -165,6 +165,10 @@ class VideoServing:
     after its last request. ``precision`` is ``bfloat16`` (CUDA autocast, GPU only) or
     ``float32``; ``image_size`` 0 keeps the model's input side (1024), another value
     overrides Meta's ``image_size`` (faster, less accurate; the tests use 256).
+    ``feature_batch`` frames of a propagation are encoded in one run of the image encoder
+    (Meta's predictor encodes one frame at a time; 1 does the same): the tracker itself is
+    sequential, the image encoder is not, and on a GPU it runs several times faster per
+    frame in a batch (docs/benchmarks.md, "Video tracking").
     """
 
     instance_count: int = 4
@@ -182,6 +186,7 @@ class VideoServing:
     image_size: int = 0
     vos_optimized: bool = False
     decode_threads: int = 4
+    feature_batch: int = 8
     max_candidate_sequences: int = 4096
 
     def check(self, device: str) -> None:
@@ -193,6 +198,7 @@ class VideoServing:
             self.max_frames_per_request,
             self.max_frames_per_response,
             self.decode_threads,
+            self.feature_batch,
         )
         if min(counts) < 1 or self.idle_timeout_s < 1:
             raise UserError("video instances, limits and the idle timeout must be ≥ 1")
@@ -628,6 +634,7 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         "max_mask_prompts": v.max_mask_prompts,
         "max_points": params.max_points,
         "decode_threads": v.decode_threads,
+        "feature_batch": v.feature_batch,
     }.items():
         config.parameters[key].string_value = str(value)
     return config

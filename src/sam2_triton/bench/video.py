@@ -8,6 +8,11 @@
   frame 0 and propagates through all frames. Frames/s of the propagation (what Meta's
   published figure measures: frames already loaded) per video and in total, and end to end
   (sending frames + prompts + propagation);
+* **engine in-process**: the server's own tracker (:class:`~sam2_triton.sessions.video.
+  VideoSessionEngine`) in this process, without Triton, fed as the client feeds the server,
+  with the image encoder run on one frame at a time (``feature_batch`` 1, as Meta's
+  predictor) and on batches of ``--feature-batch`` frames: what batching gives, and what
+  the wire costs;
 * **Meta in-process**: ``SAM2VideoPredictor`` on a folder of the same JPEG frames
   (``init_state`` then the same prompts and ``propagate_in_video``), with bfloat16 autocast
   on a GPU as Meta's own benchmark (``sam2/benchmark.py``) runs it;
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sam2_triton.model_config import VideoServing
 from sam2_triton.models import MODEL_SIZES, UserError, get_model_size
 
 EPILOG = """\
@@ -79,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--frames-per-request", type=int, default=8)
     p.add_argument("--frames-per-response", type=int, default=8)
+    p.add_argument(
+        "--feature-batch",
+        type=int,
+        default=VideoServing.feature_batch,
+        help="frames per run of the image encoder in a propagation (served; default %(default)s)",
+    )
+    p.add_argument("--no-engine", action="store_true", help="skip the engine in-process")
     p.add_argument("--no-meta", action="store_true", help="skip Meta's predictor in-process")
     p.add_argument("--no-served", action="store_true", help="skip the served runs")
     p.add_argument("--export-study", action="store_true", help="also the ONNX export study")
@@ -105,6 +118,7 @@ class VideoBenchConfig:
     protocol: str
     frames_per_request: int
     frames_per_response: int
+    feature_batch: int = VideoServing.feature_batch
 
 
 def _counts(text: str, what: str) -> tuple[int, ...]:
@@ -150,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
     precision = args.precision or ("bfloat16" if device == "gpu" else "float32")
     if device == "cpu" and (precision != "float32" or args.vos_optimized):
         raise UserError("on the CPU the tracker runs float32, without --vos-optimized")
+    if args.feature_batch < 1:
+        raise UserError(f"--feature-batch must be ≥ 1, got {args.feature_batch}")
     return VideoBenchConfig(
         model=get_model_size(args.model).name,
         device=device,
@@ -165,6 +181,7 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
         protocol=args.protocol,
         frames_per_request=args.frames_per_request,
         frames_per_response=args.frames_per_response,
+        feature_batch=args.feature_batch,
     )
 
 
@@ -229,6 +246,7 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
         max_objects=max(base.video.max_objects, max(config.objects)),
         max_videos=max(base.video.max_videos, concurrent),
         instance_count=config.instances or base.video.instance_count,
+        feature_batch=config.feature_batch,
     )
     params = dataclasses.replace(base, video=video)
     repo = write_video_repository(workdir / "repository", checkpoint, params)
@@ -250,6 +268,7 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
                 "ready_seconds": round(ready, 1),
                 "instances": video.instance_count,
                 "precision": video.precision,
+                "feature_batch": video.feature_batch,
             }
         finally:
             server.stop()
@@ -314,6 +333,85 @@ def run_served(config: VideoBenchConfig, url: str, frames: list[bytes]) -> list[
                 }
             )
             print(f"served: {results[-1]}", flush=True)
+    return results
+
+
+# --- the engine in-process ---------------------------------------------------------------------
+
+
+def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) -> list[dict]:
+    """The server's tracker in this process, 1 video at a time, fed as the client feeds the
+    server (frames and propagations in the same chunks), with ``feature_batch`` 1 and
+    ``config.feature_batch``."""
+    import torch
+
+    from sam2_triton.sessions.video import (
+        VideoLimits,
+        VideoRequest,
+        VideoSessionEngine,
+        build_video_predictor,
+    )
+
+    device = torch.device("cuda" if config.device == "gpu" else "cpu")
+    predictor = build_video_predictor(
+        get_model_size(config.model),
+        checkpoint,
+        device,
+        image_size=config.image_size,
+        vos_optimized=config.vos_optimized,
+    )
+    results = []
+    for feature_batch in dict.fromkeys((1, config.feature_batch)):
+        limits = VideoLimits(
+            max_frames=max(VideoLimits.max_frames, len(frames)),
+            max_objects=max(VideoLimits.max_objects, max(config.objects)),
+            max_frames_per_request=config.frames_per_request,
+            max_frames_per_response=config.frames_per_response,
+            feature_batch=feature_batch,
+        )
+        engine = VideoSessionEngine(predictor, device, limits, precision=config.precision)
+
+        def call(request: VideoRequest, engine: VideoSessionEngine = engine):
+            (answer,) = engine.execute([request])
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        for objects in (1, *config.objects):  # the first run warms up
+            t0 = time.perf_counter()
+            step = config.frames_per_request
+            for i in range(0, len(frames), step):
+                call(VideoRequest(0, start=i == 0, frames=frames[i : i + step]))
+            t1 = time.perf_counter()
+            for i, click in enumerate(object_clicks(objects, config.height, config.width)):
+                call(VideoRequest(0, frame_index=0, object_id=i + 1, points=[click], labels=[1]))
+            t2 = time.perf_counter()
+            tracked, start = 0, None
+            while tracked < len(frames):
+                answer = call(VideoRequest(0, propagate=True, start_frame=start))
+                if not len(answer.frame_indices):
+                    break
+                tracked += len(answer.frame_indices)
+                start = int(answer.frame_indices[-1]) + 1
+            t3 = time.perf_counter()
+            call(VideoRequest(0, end=True))
+            results.append(
+                {
+                    "backend": f"engine_in_process_feature_batch_{feature_batch}",
+                    "objects": objects,
+                    "videos": 1,
+                    "frames_per_video": tracked,
+                    "propagate_fps_per_video": round(tracked / (t3 - t2), 2),
+                    "propagate_fps_total": round(tracked / (t3 - t2), 2),
+                    "end_to_end_fps_total": round(tracked / (t3 - t0), 2),
+                    "send_seconds_per_video": round(t1 - t0, 3),
+                    "prompt_seconds_per_video": round(t2 - t1, 3),
+                }
+            )
+        engine.close()
+        del results[-len(config.objects) - 1]  # the warm-up
+    for r in results:
+        print(f"engine: {r}", flush=True)
     return results
 
 
@@ -440,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with served(config, checkpoint, args.url, workdir) as (url, server):
                 report["server"] = server
                 report["results"] += run_served(config, url, frames)
+        if not args.no_engine:
+            report["results"] += run_engine(config, checkpoint, frames)
         if not args.no_meta:
             report["results"] += run_meta(config, checkpoint, frames, workdir)
         if args.export_study:

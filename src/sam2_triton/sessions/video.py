@@ -26,7 +26,8 @@ What a video holds, and where (:func:`video_state_bytes` gives the bound):
   ``[64, S/16, S/16]``), the low-res mask logits (float32, ``[S/4, S/4]``), the object
   pointer (``[256]``) and the object score, as Meta's predictor keeps them (769 KiB at 1024);
 * per video, on the device: the image features of the most recently used frame (Meta caches
-  one) and the memory position encoding.
+  one) and the memory position encoding; while a propagation runs, the features of up to
+  ``feature_batch`` frames (:class:`FeatureBatches`).
 
 The frame count is what has arrived so far: ``inference_state["num_frames"]`` follows it, so
 tracking after every frame is sent equals Meta's predictor on the whole video; a frame
@@ -86,7 +87,8 @@ class VideoLimits:
     propagation answers at most ``max_frames_per_response`` frames per request, fewer when
     their masks would exceed ``max_response_bytes``. At most ``max_mask_prompts`` mask
     prompts are kept per video (each holds an S×S float32 mask). ``decode_threads`` decode
-    the frames of one request in parallel. The defaults are those the generated config writes
+    the frames of one request in parallel; a propagation encodes ``feature_batch`` frames per
+    run of the image encoder. The defaults are those the generated config writes
     (:class:`~sam2_triton.model_config.VideoServing`).
     """
 
@@ -102,6 +104,7 @@ class VideoLimits:
     max_points: int = MAX_POINTS
     max_mask_prompts: int = VideoServing.max_mask_prompts
     decode_threads: int = VideoServing.decode_threads
+    feature_batch: int = VideoServing.feature_batch
 
 
 @dataclass
@@ -167,6 +170,7 @@ def video_state_bytes(
     *,
     max_points: int = MAX_POINTS,
     mask_prompts: int = 0,
+    feature_batch: int = 1,
 ) -> tuple[int, int]:
     """``(device, host)`` bytes a video of ``frames`` frames and ``objects`` objects holds at
     most, the model's input side being ``image_size`` (S), as Meta's predictor keeps them.
@@ -176,8 +180,10 @@ def video_state_bytes(
     pointer (float32 ``[256]``) and score; a prompted frame further keeps, until the next
     propagation, the prompt's own output (logits, pointer, score) and its points (at most
     ``max_points``, 12 bytes each). Each of ``mask_prompts`` mask prompts keeps the mask at
-    S×S float32. Per video: the cached features of one frame (the normalised image, the three
-    backbone levels and their position encodings, float32) and the memory position encoding.
+    S×S float32. Per video: the cached features of one frame (the normalised image and the
+    three backbone levels, float32), of ``feature_batch`` frames while a propagation runs,
+    the levels' position encodings (one copy: they depend on the shape alone) and the memory
+    position encoding.
     """
     s = image_size
     logits_pointer_score = 4 * (s // 4) ** 2 + 4 * POINTER_DIM + 4
@@ -186,7 +192,8 @@ def video_state_bytes(
     # backbone_fpn after conv_s0/conv_s1: 32 ch at S/4, 64 at S/8, 256 at S/16; each level's
     # position encoding has 256 channels.
     levels = ((32, s // 4), (64, s // 8), (256, s // 16))
-    cached = 4 * (3 * s * s + sum((c + 256) * side * side for c, side in levels))
+    per_frame = 4 * (3 * s * s + sum(c * side * side for c, side in levels))
+    cached = max(1, feature_batch) * per_frame + 4 * sum(256 * side * side for _, side in levels)
     constants = 4 * MEMORY_DIM * (s // 16) ** 2
     device = cached + constants + objects * frames * (tracked + prompted) + mask_prompts * 4 * s * s
     return device, frames * 3 * s * s
@@ -349,6 +356,93 @@ class Video:
         return sum(seen.values())
 
 
+def processing_order(start: int, count: int, reverse: bool, num_frames: int) -> range:
+    """The frames ``propagate_in_video(state, start, count - 1, reverse)`` visits, in its
+    order (Meta's own arithmetic: backwards from frame 0 it visits none)."""
+    if reverse:
+        end = max(start - (count - 1), 0)
+        return range(start, end - 1, -1) if start > 0 else range(0)
+    return range(start, min(start + count - 1, num_frames - 1) + 1)
+
+
+class FeatureBatches:
+    """Image features of a propagation's frames, encoded ``batch`` frames per run of the
+    image encoder and handed to Meta's tracker through its own feature cache.
+
+    Meta's ``_get_image_feature`` looks a frame up in ``inference_state["cached_features"]``
+    (``{frame: (image [1, 3, S, S], backbone_out)}``) and encodes it alone on a miss. The
+    tracker needs frame t's memory before frame t + 1, the image encoder nothing of the
+    tracker's: so before the propagation reaches a frame of ``order`` that is not cached, the
+    next ``batch`` frames it will track are encoded together (Meta's ``forward_image`` on a
+    batch) and become the cache. The levels' position encodings depend on the shape alone:
+    the frames share one copy. When the propagation ends, only the last tracked frame stays
+    cached (copied out of its batch), as Meta's predictor leaves its cache.
+    """
+
+    def __init__(self, predictor, video: Video, order: Sequence[int], batch: int) -> None:
+        self.predictor = predictor
+        self.video = video
+        self.order = list(order)
+        self.batch = batch
+        outputs = list(video.state["output_dict_per_obj"].values())
+        # A frame prompted for every object is not tracked: Meta takes its output as it is.
+        self.tracked = [
+            f for f in self.order if not all(f in o["cond_frame_outputs"] for o in outputs)
+        ]
+        self._position = {f: i for i, f in enumerate(self.tracked)}
+        self._last: int | None = None
+
+    def feed(self, tracking: Iterator) -> Iterator:
+        """``tracking``'s items (``propagate_in_video`` over ``order``), each frame's features
+        cached before the tracker asks for them."""
+        upcoming = iter(self.order)
+        try:
+            while True:
+                self._before(next(upcoming, None))
+                try:
+                    item = next(tracking)
+                except StopIteration:
+                    return
+                yield item
+        finally:
+            self._keep_last()
+
+    def _before(self, frame: int | None) -> None:
+        if frame not in self._position:
+            return
+        self._last = frame
+        if self.batch > 1 and frame not in self.video.state["cached_features"]:
+            i = self._position[frame]
+            self._encode(self.tracked[i : i + self.batch])
+
+    def _encode(self, frames: Sequence[int]) -> None:
+        import torch
+
+        images = torch.stack([self.video.frames[f] for f in frames])  # [B, 3, S, S] float32
+        out = self.predictor.forward_image(images)
+        positions = [p[:1].clone() for p in out["vision_pos_enc"]]
+        cache = {}
+        for j, frame in enumerate(frames):
+            levels = [level[j : j + 1] for level in out["backbone_fpn"]]
+            features = {"vision_features": levels[-1], "backbone_fpn": levels}
+            cache[frame] = (images[j : j + 1], {**features, "vision_pos_enc": positions})
+        self.video.state["cached_features"] = cache
+
+    def _keep_last(self) -> None:
+        cache = self.video.state["cached_features"]
+        if len(cache) <= 1:
+            return
+        kept = cache.get(self._last)
+        if kept is None:
+            self.video.state["cached_features"] = {}
+            return
+        image, out = kept
+        levels = [level.clone() for level in out["backbone_fpn"]]
+        features = {"vision_features": levels[-1], "backbone_fpn": levels}
+        features["vision_pos_enc"] = out["vision_pos_enc"]
+        self.video.state["cached_features"] = {self._last: (image.clone(), features)}
+
+
 # --- the engine -------------------------------------------------------------------------------
 
 
@@ -469,6 +563,7 @@ class VideoSessionEngine:
             limits.max_objects,
             max_points=limits.max_points,
             mask_prompts=limits.max_mask_prompts,
+            feature_batch=limits.feature_batch,
         )
 
     @contextlib.contextmanager
@@ -710,9 +805,13 @@ class VideoSessionEngine:
         return self._answer(video, request, [f], [logits], [scores])
 
     @staticmethod
-    def _score(state: dict, obj_idx: int, frame: int, is_cond: bool | None) -> float:
-        """Object ``obj_idx``'s score on ``frame``: its output where Meta's consolidation (for
-        a prompt, ``is_cond`` given) or its propagation (``None``) takes it from."""
+    def _score(
+        state: dict, obj_idx: int, frame: int, is_cond: bool | None
+    ) -> "torch.Tensor | None":
+        """Object ``obj_idx``'s score on ``frame`` (a 0-d tensor on the device; read to the
+        host once per request, not once per frame): its output where Meta's consolidation (for
+        a prompt, ``is_cond`` given) or its propagation (``None``) takes it from; ``None`` where
+        it has none."""
         outputs = state["output_dict_per_obj"][obj_idx]
         places = [outputs["cond_frame_outputs"], outputs["non_cond_frame_outputs"]]
         if is_cond is not None:
@@ -721,8 +820,8 @@ class VideoSessionEngine:
         for place in places:
             out = place.get(frame)
             if out is not None:
-                return float(out["object_score_logits"].float().reshape(-1)[0])
-        return NO_OBJECT_SCORE
+                return out["object_score_logits"].reshape(-1)[0].float()
+        return None
 
     # --- propagation ------------------------------------------------------------------------
 
@@ -748,10 +847,13 @@ class VideoSessionEngine:
         )
         available = start + 1 if request.reverse else video.frame_count - start
         count = min(wanted, available)
-        indices, logits, scores = [], [], []
-        for frame, object_ids, frame_logits in predictor.propagate_in_video(
+        order = processing_order(start, count, request.reverse, video.frame_count)
+        features = FeatureBatches(predictor, video, order, self.limits.feature_batch)
+        tracking = predictor.propagate_in_video(
             state, start_frame_idx=start, max_frame_num_to_track=count - 1, reverse=request.reverse
-        ):
+        )
+        indices, logits, scores = [], [], []
+        for frame, object_ids, frame_logits in features.feed(tracking):
             indices.append(frame)
             logits.append(frame_logits)
             scores.append([self._score(state, i, frame, None) for i in range(len(object_ids))])
@@ -765,9 +867,13 @@ class VideoSessionEngine:
         request: VideoRequest,
         indices: list[int],
         logits: list["torch.Tensor"],
-        scores: list[list[float]],
+        scores: list[list["torch.Tensor | None"]],
     ) -> VideoAnswer:
         import torch
+
+        found = [v for row in scores for v in row if v is not None]
+        values = iter(torch.stack(found).cpu().tolist() if found else [])
+        flat = [NO_OBJECT_SCORE if v is None else next(values) for row in scores for v in row]
 
         h, w = video.size
         objects = len(video.object_ids)
@@ -782,7 +888,7 @@ class VideoSessionEngine:
             object_ids=np.asarray(video.object_ids, np.int32),
             frame_indices=np.asarray(indices, np.int32),
             masks=masks,
-            object_scores=np.asarray(scores, np.float32).reshape(len(indices), objects),
+            object_scores=np.asarray(flat, np.float32).reshape(len(indices), objects),
         )
 
     def _empty_answer(self, video: Video | None) -> VideoAnswer:

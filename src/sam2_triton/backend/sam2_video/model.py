@@ -104,6 +104,7 @@ class TritonPythonModel:
             max_points=number("max_points", defaults.max_points),
             max_mask_prompts=number("max_mask_prompts", defaults.max_mask_prompts),
             decode_threads=number("decode_threads", defaults.decode_threads),
+            feature_batch=number("feature_batch", defaults.feature_batch),
         )
         weights = (
             Path(args["model_repository"])
