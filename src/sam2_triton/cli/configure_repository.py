@@ -28,6 +28,7 @@ VIDEO_FLAGS = {
     "max_objects": ("max_objects", int, "objects a video may track"),
     "precision": ("precision", str, "bfloat16 (CUDA autocast) or float32"),
     "image_size": ("image_size", int, "the model's input side (0: the model's, 1024)"),
+    "feature_batch": ("feature_batch", int, "frames per image-encoder run in a propagation"),
 }
 
 

@@ -563,8 +563,14 @@ class VideoSessionEngine:
             limits.max_objects,
             max_points=limits.max_points,
             mask_prompts=limits.max_mask_prompts,
-            feature_batch=limits.feature_batch,
         )
+
+    def feature_batch_bytes(self) -> int:
+        """Device bytes a propagation holds beyond its video's bound while it runs: the
+        features of ``feature_batch`` frames instead of one (an instance runs one request at
+        a time, so this is per instance, not per video)."""
+        batch = video_state_bytes(self.image_size, 0, 0, feature_batch=self.limits.feature_batch)
+        return batch[0] - video_state_bytes(self.image_size, 0, 0)[0]
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -918,5 +924,7 @@ def bound_summary(engine: VideoSessionEngine) -> str:
         f"≤ {limits.max_objects} objects; per video ≤ {device / 2**30:.2f} GiB on the device "
         f"({tracked_bytes(engine.image_size) / 2**10:.0f} KiB per object and tracked frame) "
         f"and ≤ {host / 2**30:.2f} GiB on the host "
-        f"({3 * engine.image_size**2 / 2**20:.2f} MiB per frame)"
+        f"({3 * engine.image_size**2 / 2**20:.2f} MiB per frame); a propagation's "
+        f"{limits.feature_batch} frames of features ≤ "
+        f"{engine.feature_batch_bytes() / 2**20:.0f} MiB more while it runs"
     )
