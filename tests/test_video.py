@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -187,14 +188,20 @@ def assert_scenario_equal(served: dict, reference: dict, where: str) -> None:
 @pytest.fixture(scope="module")
 def video_server(video_checkpoint, tmp_path_factory):
     """The real embedded tritonserver with sam2_video alone: one CPU instance, the tests'
-    input size, at most 2 videos of 20 frames and 3 objects."""
+    input size, at most 2 videos of 20 frames and 3 objects, warmed up at load as a GPU
+    instance is (the CPU default skips it)."""
     from sam2_triton import model_config as mc
     from sam2_triton.model_config import write_video_repository
     from sam2_triton.server import EmbeddedTriton, free_port
 
     params = mc.RepositoryParams.cpu_defaults("tiny")
     video = dataclasses.replace(
-        params.video, image_size=IMAGE_SIZE, max_videos=2, max_frames=20, max_objects=3
+        params.video,
+        image_size=IMAGE_SIZE,
+        max_videos=2,
+        max_frames=20,
+        max_objects=3,
+        warmup=True,
     )
     repo = write_video_repository(
         tmp_path_factory.mktemp("video_repository"),
@@ -355,6 +362,18 @@ def test_evicted_and_unknown_videos_say_why(video_server, frames_dir):
             video.close()
 
 
+def test_the_instance_warmed_up_before_the_server_was_ready(video_server):
+    """The instance's load line states its bound and the warm-up's time (that the warm-up
+    keeps nothing is checked in process, below)."""
+    lines = [
+        line
+        for line in video_server.log_path.read_text().splitlines()
+        if "sam2_video: CPU instance" in line
+    ]
+    assert len(lines) == 1, lines
+    assert re.search(r'at most 2 videos .* warmed up in \d+\.\d s"?$', lines[0]), lines[0]
+
+
 def test_health_probe_gets_its_refusal(video_server):
     from sam2_triton.health import probe_server
 
@@ -455,13 +474,16 @@ def test_engine_state_is_metas_and_stays_within_its_bound(
         list(meta.propagate_in_video(state))
 
 
+@pytest.mark.parametrize("pad", [False, True], ids=["cpu-batches", "gpu-padded-after-warm-up"])
 def test_propagation_encodes_frames_in_batches_with_metas_answers(
-    video_checkpoint, frames_dir, reference
+    video_checkpoint, frames_dir, reference, pad
 ):
     """With ``feature_batch`` 4, one propagation over the 12 frames runs the image encoder on
-    batches of 4, 4 and 3 frames (frame 0, prompted for both objects, is not tracked) and
-    answers as Meta's predictor, which encodes one frame at a time; afterwards one frame's
-    features stay cached, as in Meta's predictor."""
+    batches of 4, 4 and 3 frames (frame 0, prompted for both objects, is not tracked), or,
+    padded as on a GPU, 4, 4 and 4; and answers as Meta's predictor, which encodes one frame
+    at a time; afterwards one frame's features stay cached, as in Meta's predictor. The
+    padded engine is warmed up first: the warm-up runs the shapes requests will (batch 1 for
+    the click, a full batch for the propagation) and leaves nothing behind."""
     import torch
 
     from sam2_triton.models import MODEL_SIZES
@@ -485,7 +507,10 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
 
     predictor.forward_image = counted
     limits = VideoLimits(feature_batch=4, max_frames_per_response=FRAMES)
-    engine = VideoSessionEngine(predictor, device, limits)
+    engine = VideoSessionEngine(predictor, device, limits, pad_feature_batches=pad)
+    if pad:
+        assert engine.warm() > 0
+        assert batches == [1, 4] and len(engine.store) == 0
     files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
     for request in (
         VideoRequest(7, start=True, frames=files, object_id=1, frame_index=0, **POINTS),
@@ -496,7 +521,7 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     batches.clear()
     (tracked,) = engine.execute([VideoRequest(7, propagate=True)])
     assert not isinstance(tracked, Exception), tracked
-    assert batches == [4, 4, 3]
+    assert batches == ([4, 4, 4] if pad else [4, 4, 3])
     expected = reference["pass1"]
     assert list(tracked.frame_indices) == sorted(expected)
     for masks, scores, frame in zip(tracked.masks, tracked.object_scores, tracked.frame_indices):

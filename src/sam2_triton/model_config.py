@@ -168,7 +168,9 @@ class VideoServing:
     ``feature_batch`` frames of a propagation are encoded in one run of the image encoder
     (Meta's predictor encodes one frame at a time; 1 does the same): the tracker itself is
     sequential, the image encoder is not, and on a GPU it runs several times faster per
-    frame in a batch (docs/benchmarks.md, "Video tracking").
+    frame in a batch (docs/benchmarks.md, "Video tracking"). With ``warmup`` each instance
+    tracks a blank two-frame video at load, so that its first request does not pay for
+    loading kernels and building plans (GPU: yes; CPU: no, where it only slows loading).
     """
 
     instance_count: int = 4
@@ -187,6 +189,7 @@ class VideoServing:
     vos_optimized: bool = False
     decode_threads: int = 4
     feature_batch: int = 8
+    warmup: bool = True
     max_candidate_sequences: int = 4096
 
     def check(self, device: str) -> None:
@@ -272,7 +275,7 @@ class RepositoryParams:
             # Two instances: one session's clicks are answered while another's image encodes.
             session=SessionServing(max_batch_size=8, instance_count=2, max_sessions=16),
             # One instance: on a CPU a frame takes seconds, two would only share the cores.
-            video=VideoServing(instance_count=1, max_frames=300, precision="float32"),
+            video=VideoServing(instance_count=1, max_frames=300, precision="float32", warmup=False),
         )
 
 
@@ -635,6 +638,7 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         "max_points": params.max_points,
         "decode_threads": v.decode_threads,
         "feature_batch": v.feature_batch,
+        "warmup": str(v.warmup).lower(),
     }.items():
         config.parameters[key].string_value = str(value)
     return config

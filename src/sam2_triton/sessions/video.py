@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -377,13 +378,21 @@ class FeatureBatches:
     batch) and become the cache. The levels' position encodings depend on the shape alone:
     the frames share one copy. When the propagation ends, only the last tracked frame stays
     cached (copied out of its batch), as Meta's predictor leaves its cache.
+
+    With ``pad`` a shorter batch (a propagation's first or last) is filled up with copies of
+    its last frame, whose features are dropped: the encoder then only ever sees batches of 1
+    (prompts) and ``batch``, the shapes a GPU instance warms up (:meth:`VideoSessionEngine.
+    warm`) and ``vos_optimized`` compiles, instead of building plans for a new size mid-video.
     """
 
-    def __init__(self, predictor, video: Video, order: Sequence[int], batch: int) -> None:
+    def __init__(
+        self, predictor, video: Video, order: Sequence[int], batch: int, *, pad: bool = False
+    ) -> None:
         self.predictor = predictor
         self.video = video
         self.order = list(order)
         self.batch = batch
+        self.pad = pad
         outputs = list(video.state["output_dict_per_obj"].values())
         # A frame prompted for every object is not tracked: Meta takes its output as it is.
         self.tracked = [
@@ -419,6 +428,8 @@ class FeatureBatches:
         import torch
 
         images = torch.stack([self.video.frames[f] for f in frames])  # [B, 3, S, S] float32
+        if self.pad and len(frames) < self.batch:
+            images = torch.cat([images, images[-1:].expand(self.batch - len(frames), -1, -1, -1)])
         out = self.predictor.forward_image(images)
         positions = [p[:1].clone() for p in out["vision_pos_enc"]]
         cache = {}
@@ -530,6 +541,7 @@ class VideoSessionEngine:
         *,
         precision: str = "float32",
         on_drop: Callable[[Hashable, Video, str], None] | None = None,
+        pad_feature_batches: bool | None = None,
     ) -> None:
         import torch
 
@@ -541,6 +553,10 @@ class VideoSessionEngine:
         self.device = device
         self.limits = limits
         self.precision = precision
+        # Fixed shapes matter on a GPU (plans, compiled graphs); on a CPU padding only costs.
+        self.pad_feature_batches = (
+            device.type == "cuda" if pad_feature_batches is None else pad_feature_batches
+        )
         self.image_size = int(predictor.image_size)
         self.store: SessionStore[Video] = SessionStore(
             limits.max_videos, limits.idle_timeout_s, on_drop=on_drop
@@ -571,6 +587,27 @@ class VideoSessionEngine:
         a time, so this is per instance, not per video)."""
         batch = video_state_bytes(self.image_size, 0, 0, feature_batch=self.limits.feature_batch)
         return batch[0] - video_state_bytes(self.image_size, 0, 0)[0]
+
+    def warm(self) -> float:
+        """Track a blank two-frame video once, outside the store (a click on frame 0, then
+        frame 1 propagated, its features encoded as a batch of ``feature_batch``), so that an
+        instance's kernels, libraries and plans are loaded before its first request rather
+        than during it; seconds taken. Nothing is kept."""
+        t0 = time.perf_counter()
+        s = self.image_size
+        frames = FrameList(self.device)
+        for _ in range(2):
+            frames.append(np.full((s, s, 3), 128, np.uint8))
+        video = Video(frames, (s, s), new_inference_state(frames, (s, s), self.device))
+        click = make_prompt((s, s), np.array([[s / 2, s / 2]], np.float32), np.array([1]), None)
+        with self._running():
+            self._prompt(video, VideoRequest(None, frame_index=0, object_id=1), click)
+            self._propagate(video, VideoRequest(None, propagate=True))
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -854,7 +891,9 @@ class VideoSessionEngine:
         available = start + 1 if request.reverse else video.frame_count - start
         count = min(wanted, available)
         order = processing_order(start, count, request.reverse, video.frame_count)
-        features = FeatureBatches(predictor, video, order, self.limits.feature_batch)
+        features = FeatureBatches(
+            predictor, video, order, self.limits.feature_batch, pad=self.pad_feature_batches
+        )
         tracking = predictor.propagate_in_video(
             state, start_frame_idx=start, max_frame_num_to_track=count - 1, reverse=request.reverse
         )

@@ -135,6 +135,9 @@ class TritonPythonModel:
                 precision=parameter(config, "precision", "float32"),
                 on_drop=lambda key, _v, why: log.log_verbose(f"{self.name}: video {key} {why}"),
             )
+            warmed = ""
+            if parameter(config, "warmup", "false") == "true":
+                warmed = f"; warmed up in {self.engine.warm():.1f} s"
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
         # Expired videos are freed even when no request comes.
@@ -151,7 +154,7 @@ class TritonPythonModel:
         log.log_info(
             f"{self.name}: {kind} instance {device_id} on {device}, SAM2.1 {size.name} at "
             f"{self.engine.image_size} px, {self.engine.precision}{holes}; "
-            f"{bound_summary(self.engine)}; idle timeout {limits.idle_timeout_s:g} s"
+            f"{bound_summary(self.engine)}; idle timeout {limits.idle_timeout_s:g} s{warmed}"
         )
 
     def execute(self, requests: list) -> list:
