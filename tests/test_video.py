@@ -439,14 +439,19 @@ def test_engine_state_is_metas_and_stays_within_its_bound(
     predictor = build_video_predictor(
         MODEL_SIZES["tiny"], video_checkpoint, device, image_size=IMAGE_SIZE
     )
-    engine = VideoSessionEngine(predictor, device)
+    batches: list[int] = []
+    encode = predictor.forward_image
+    predictor.forward_image = lambda images: batches.append(len(images)) or encode(images)
+    engine = VideoSessionEngine(predictor, device)  # on the CPU: batches of 8, not padded
     files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))[:3]]
     (answer,) = engine.execute(
         [VideoRequest(5, start=True, frames=files, object_id=1, frame_index=0, **POINTS)]
     )
     assert not isinstance(answer, Exception), answer
+    batches.clear()
     (answer,) = engine.execute([VideoRequest(5, propagate=True)])
     assert list(answer.frame_indices) == [0, 1, 2]
+    assert batches == [2]  # frames 1 and 2 at once
     video = engine.store.get(5)
     assert set(video.state) == reference["state_keys"]
     device_bound, host = video_state_bytes(IMAGE_SIZE, 3, 1, max_points=1)
@@ -474,16 +479,16 @@ def test_engine_state_is_metas_and_stays_within_its_bound(
         list(meta.propagate_in_video(state))
 
 
-@pytest.mark.parametrize("pad", [False, True], ids=["cpu-batches", "gpu-padded-after-warm-up"])
 def test_propagation_encodes_frames_in_batches_with_metas_answers(
-    video_checkpoint, frames_dir, reference, pad
+    video_checkpoint, frames_dir, reference
 ):
-    """With ``feature_batch`` 4, one propagation over the 12 frames runs the image encoder on
-    batches of 4, 4 and 3 frames (frame 0, prompted for both objects, is not tracked), or,
-    padded as on a GPU, 4, 4 and 4; and answers as Meta's predictor, which encodes one frame
-    at a time; afterwards one frame's features stay cached, as in Meta's predictor. The
-    padded engine is warmed up first: the warm-up runs the shapes requests will (batch 1 for
-    the click, a full batch for the propagation) and leaves nothing behind."""
+    """With ``feature_batch`` 4, padded as on a GPU, one propagation over the 12 frames runs
+    the image encoder on batches of 4, 4 and 3 frames + 1 copy (frame 0, prompted for both
+    objects, is not tracked), and answers as Meta's predictor, which encodes one frame at a
+    time; afterwards one frame's features stay cached, as in Meta's predictor. The engine is
+    warmed up first: the warm-up runs the shapes requests will (batch 1 for the click, a full
+    batch for the propagation) and leaves nothing behind. (Unpadded batches, as on a CPU: the
+    bound test below and every served test.)"""
     import torch
 
     from sam2_triton.models import MODEL_SIZES
@@ -507,10 +512,9 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
 
     predictor.forward_image = counted
     limits = VideoLimits(feature_batch=4, max_frames_per_response=FRAMES)
-    engine = VideoSessionEngine(predictor, device, limits, pad_feature_batches=pad)
-    if pad:
-        assert engine.warm() > 0
-        assert batches == [1, 4] and len(engine.store) == 0
+    engine = VideoSessionEngine(predictor, device, limits, pad_feature_batches=True)
+    assert engine.warm() > 0
+    assert batches == [1, 4] and len(engine.store) == 0
     files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
     for request in (
         VideoRequest(7, start=True, frames=files, object_id=1, frame_index=0, **POINTS),
@@ -521,7 +525,7 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     batches.clear()
     (tracked,) = engine.execute([VideoRequest(7, propagate=True)])
     assert not isinstance(tracked, Exception), tracked
-    assert batches == ([4, 4, 4] if pad else [4, 4, 3])
+    assert batches == [4, 4, 4]
     expected = reference["pass1"]
     assert list(tracked.frame_indices) == sorted(expected)
     for masks, scores, frame in zip(tracked.masks, tracked.object_scores, tracked.frame_indices):
