@@ -102,20 +102,32 @@ def send_nested_json(server, model: str) -> str:
     return "no answer (connection closed)"
 
 
-def send_http(server, model: str) -> str:
+#: What a sender returns when the server went away before answering: under serve_local's
+#: supervision, which stops tritonserver within 0.25 s of a stub's death, that can come
+#: before Triton's own 500 (rarely, on a loaded machine); the restart is then checked from
+#: the supervisor's log as always.
+DROPPED = "no answer: the supervisor restarted the server first"
+
+
+def send_http(server, model: str, under_supervisor: bool = False) -> str:
     data, header_length = binary_body(huge_shape_inputs(model))
-    response = requests.post(
-        f"http://{server.http_url}/v2/models/{model}/infer",
-        data=data,
-        headers={"Inference-Header-Content-Length": str(header_length)},
-        timeout=60,
-    )
+    try:
+        response = requests.post(
+            f"http://{server.http_url}/v2/models/{model}/infer",
+            data=data,
+            headers={"Inference-Header-Content-Length": str(header_length)},
+            timeout=60,
+        )
+    except requests.ConnectionError:
+        if under_supervisor:
+            return DROPPED
+        raise
     assert response.status_code == 500, response.text
     assert f"Stub process '{STUB_OF[model]}' is not healthy" in response.text
     return response.text
 
 
-def send_curl(server, model: str, tmp_path: Path) -> str:
+def send_curl(server, model: str, tmp_path: Path, under_supervisor: bool = False) -> str:
     """As the reviewer did: curl's --data-binary, whose default content type is
     application/x-www-form-urlencoded. On 8 MiB stacks tritonserver segfaulted parsing the
     17 MB body as a form; on serve_local's 64 MiB the shape reaches the stub and kills it."""
@@ -130,6 +142,8 @@ def send_curl(server, model: str, tmp_path: Path) -> str:
         text=True,
         timeout=90,
     )
+    if under_supervisor and proc.returncode in (52, 56):  # empty reply; connection reset
+        return DROPPED
     assert f"Stub process '{STUB_OF[model]}' is not healthy" in proc.stdout, proc
     return proc.stdout
 
@@ -155,7 +169,7 @@ def stop_stub(server, model: str) -> str:
     return f"stopped pid {pid}"
 
 
-def send_grpc(server, model: str) -> str:
+def send_grpc(server, model: str, under_supervisor: bool = False) -> str:
     request = service_pb2.ModelInferRequest(model_name=model)
     for name, shape, raw in huge_shape_inputs(model):
         request.inputs.add(name=name, shape=shape, datatype="FP32")
@@ -165,6 +179,8 @@ def send_grpc(server, model: str) -> str:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(request, timeout=60)
+    if under_supervisor and err.value.code() == grpc.StatusCode.UNAVAILABLE:
+        return DROPPED
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert f"Stub process '{STUB_OF[model]}' is not healthy" in err.value.details()
     return err.value.details()
@@ -347,9 +363,9 @@ def test_crash_payload_is_survived(supervised, tmp_path, payload, model, reason)
     send = {
         "nested_json_http": lambda: send_nested_json(supervised, model),
         "large_form_http": lambda: send_form(supervised, model),
-        "huge_shape_http": lambda: send_http(supervised, model),
-        "huge_shape_curl": lambda: send_curl(supervised, model, tmp_path),
-        "huge_shape_grpc": lambda: send_grpc(supervised, model),
+        "huge_shape_http": lambda: send_http(supervised, model, under_supervisor=True),
+        "huge_shape_curl": lambda: send_curl(supervised, model, tmp_path, under_supervisor=True),
+        "huge_shape_grpc": lambda: send_grpc(supervised, model, under_supervisor=True),
         "hung_stub": lambda: stop_stub(supervised, model),
     }[payload]
     send()
@@ -402,7 +418,7 @@ def test_restarts_are_bounded_and_the_end_is_one_error_line(tiny_repository, tmp
         prefix = server.shm_prefix()
         # The restarted server cannot come up: its decoder file is gone.
         (server.repository / "sam2_decoder" / "1" / "model.onnx").unlink()
-        send_http(server, "sam2_decoder")
+        send_http(server, "sam2_decoder", under_supervisor=True)
         assert server.proc.wait(60) == 2
         log = server.log()
         restarts = re.findall(r"restarting tritonserver in ([0-9.]+) s \(restart (\d) ", log)

@@ -702,8 +702,13 @@ def test_quick_video_benchmark_against_the_server(video_server, video_checkpoint
     for r in report["results"]:
         assert r["frames_per_video"] == 4, r
         assert r["propagate_fps_per_video"] > 0 and r["end_to_end_fps_total"] > 0, r
+        if r["backend"] == "served":  # Triton's own statistics over the case, per request
+            # 2 videos: frames (1 request each), prompts (1 or 2), propagation (1), end (1)
+            assert r["server"]["requests"] >= 2 * 4, r
+            assert 0 < r["server"]["compute_infer_ms"] < 600_000, r
     assert report["config"]["image_size"] == IMAGE_SIZE and report["versions"]["sam2"]
     md = (out / "results.md").read_text()
     assert md.count("| served |") == 2 and md.count("| meta_in_process |") == 2, md
     assert md.count("| engine_in_process_feature_batch_8 |") == 2, md
+    assert "Triton's statistics of `sam2_video`" in md, md
     assert report["server"] == {"url": video_server.grpc_url, "started_here": False}

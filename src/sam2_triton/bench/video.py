@@ -315,14 +315,24 @@ def track_one_video(
 
 
 def run_served(config: VideoBenchConfig, url: str, frames: list[bytes]) -> list[dict]:
+    """Each case through the client; beside the client's figures, Triton's own statistics of
+    ``sam2_video`` over the case (:func:`~sam2_triton.bench.triton.server_breakdown`: mean
+    milliseconds per request in the queue, copying inputs, in model.py, handing outputs
+    back), so that the server's share of a served frame can be told from the wire's."""
+    from sam2_triton.bench.triton import TritonTarget, server_breakdown, server_statistics
+    from sam2_triton.model_config import VIDEO
+
+    target = TritonTarget(**{f"{config.protocol}_url": url})
     results = []
     track_one_video(url, config, frames[: min(4, len(frames))], 1, None)  # warm-up
     for objects in config.objects:
         for videos in config.videos:
             barrier = threading.Barrier(videos) if videos > 1 else None
             one = functools.partial(track_one_video, url, config, frames, objects, barrier)
+            before = server_statistics(target, [VIDEO])
             with ThreadPoolExecutor(videos) as pool:
                 out = [f.result() for f in [pool.submit(one) for _ in range(videos)]]
+            server = server_breakdown(before, server_statistics(target, [VIDEO])).get(VIDEO, {})
             total_frames = sum(o["frames"] for o in out)
             propagation_wall = max(o["end"] for o in out) - min(o["propagate_start"] for o in out)
             wall = max(o["end"] for o in out) - min(o["start"] for o in out)
@@ -339,6 +349,7 @@ def run_served(config: VideoBenchConfig, url: str, frames: list[bytes]) -> list[
                     "end_to_end_fps_total": round(total_frames / wall, 2),
                     "send_seconds_per_video": round(statistics.mean(o["send"] for o in out), 3),
                     "prompt_seconds_per_video": round(statistics.mean(o["prompt"] for o in out), 3),
+                    "server": server,
                 }
             )
             print(f"served: {results[-1]}", flush=True)
@@ -539,6 +550,22 @@ def markdown(report: dict) -> str:
             f"| {r['backend']} | {r['objects']} | {r['videos']} | {r['propagate_fps_per_video']} "
             f"| {r['propagate_fps_total']} | {r['end_to_end_fps_total']} |"
         )
+    served = [r for r in report["results"] if r.get("server")]
+    if served:
+        lines += [
+            "",
+            "Triton's statistics of `sam2_video` over each served case, mean ms per request:",
+            "",
+            "| objects | videos | requests | queue | compute input | compute infer (model.py) "
+            "| compute output |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in served:
+            t = r["server"]
+            lines.append(
+                f"| {r['objects']} | {r['videos']} | {t['requests']} | {t['queue_ms']} | "
+                f"{t['compute_input_ms']} | {t['compute_infer_ms']} | {t['compute_output_ms']} |"
+            )
     if report.get("export_study"):
         from sam2_triton.bench.video_export import markdown as study_markdown
 
