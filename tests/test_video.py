@@ -416,6 +416,23 @@ def test_frames_are_prepared_as_metas_loader_does(tmp_path, photos):
         assert torch.equal(frames[i], expected), name
 
 
+def cpu_predictor(video_checkpoint: Path) -> tuple[object, list[int]]:
+    """The server's video predictor on the CPU at the tests' size, and the list to which each
+    run of its image encoder appends the run's batch size."""
+    import torch
+
+    from sam2_triton.models import MODEL_SIZES
+    from sam2_triton.sessions.video import build_video_predictor
+
+    predictor = build_video_predictor(
+        MODEL_SIZES["tiny"], video_checkpoint, torch.device("cpu"), image_size=IMAGE_SIZE
+    )
+    batches: list[int] = []
+    encode = predictor.forward_image
+    predictor.forward_image = lambda images: batches.append(len(images)) or encode(images)
+    return predictor, batches
+
+
 def test_engine_state_is_metas_and_stays_within_its_bound(
     video_checkpoint, frames_dir, reference, meta, tmp_path
 ):
@@ -426,23 +443,15 @@ def test_engine_state_is_metas_and_stays_within_its_bound(
     cast)."""
     import torch
 
-    from sam2_triton.models import MODEL_SIZES
     from sam2_triton.sessions.video import (
         VideoRequest,
         VideoSessionEngine,
-        build_video_predictor,
         tracked_bytes,
         video_state_bytes,
     )
 
-    device = torch.device("cpu")
-    predictor = build_video_predictor(
-        MODEL_SIZES["tiny"], video_checkpoint, device, image_size=IMAGE_SIZE
-    )
-    batches: list[int] = []
-    encode = predictor.forward_image
-    predictor.forward_image = lambda images: batches.append(len(images)) or encode(images)
-    engine = VideoSessionEngine(predictor, device)  # on the CPU: batches of 8, not padded
+    predictor, batches = cpu_predictor(video_checkpoint)
+    engine = VideoSessionEngine(predictor, torch.device("cpu"))  # batches of 8, not padded
     files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))[:3]]
     (answer,) = engine.execute(
         [VideoRequest(5, start=True, frames=files, object_id=1, frame_index=0, **POINTS)]
@@ -488,31 +497,14 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     time; afterwards one frame's features stay cached, as in Meta's predictor. The engine is
     warmed up first: the warm-up runs the shapes requests will (batch 1 for the click, a full
     batch for the propagation) and leaves nothing behind. (Unpadded batches, as on a CPU: the
-    bound test below and every served test.)"""
+    bound test above and every served test.)"""
     import torch
 
-    from sam2_triton.models import MODEL_SIZES
-    from sam2_triton.sessions.video import (
-        VideoLimits,
-        VideoRequest,
-        VideoSessionEngine,
-        build_video_predictor,
-    )
+    from sam2_triton.sessions.video import VideoLimits, VideoRequest, VideoSessionEngine
 
-    device = torch.device("cpu")
-    predictor = build_video_predictor(
-        MODEL_SIZES["tiny"], video_checkpoint, device, image_size=IMAGE_SIZE
-    )
-    batches: list[int] = []
-    encode = predictor.forward_image
-
-    def counted(images):
-        batches.append(len(images))
-        return encode(images)
-
-    predictor.forward_image = counted
+    predictor, batches = cpu_predictor(video_checkpoint)
     limits = VideoLimits(feature_batch=4, max_frames_per_response=FRAMES)
-    engine = VideoSessionEngine(predictor, device, limits, pad_feature_batches=True)
+    engine = VideoSessionEngine(predictor, torch.device("cpu"), limits, pad_feature_batches=True)
     assert engine.warm() > 0
     assert batches == [1, 4] and len(engine.store) == 0
     files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
