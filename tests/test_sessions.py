@@ -16,6 +16,7 @@ import dataclasses
 import io
 import itertools
 import os
+import re
 import subprocess
 import threading
 import time
@@ -655,6 +656,24 @@ def stub_rss_mib(server) -> float:
         except OSError:
             continue
     return total / 1024
+
+
+def test_the_instance_warmed_up_at_load_and_kept_nothing(small_server, engine):
+    """``warmup`` (on by default for GPU instances; this CPU server has it on): the load line
+    gives the warm-up's seconds. In process, the warm-up (a whole session on a blank JPEG,
+    started and ended in one request) leaves the engine's sessions as they were."""
+    from sam2_triton.sessions.image import WARM_UP_SESSION
+
+    lines = [
+        line
+        for line in small_server.log_path.read_text().splitlines()
+        if "sam2_session: CPU instance 0" in line
+    ]
+    assert lines, "no load line"
+    assert re.search(r'at most 2 sessions .* warmed up in \d+\.\d s"?$', lines[0]), lines[0]
+    held = len(engine.store)
+    assert engine.warm() > 0
+    assert len(engine.store) == held and WARM_UP_SESSION not in engine.store
 
 
 def test_oldest_idle_session_is_evicted_and_the_client_restarts_it(small_server, photos):

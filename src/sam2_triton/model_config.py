@@ -124,7 +124,9 @@ class SessionServing:
     sequence ``TRITON_IDLE_MARGIN_S`` later, so that a late prompt reaches the model and gets
     its message ("start the session again with the image") rather than Triton's.
     ``max_candidate_sequences`` is how many open sequences Triton tracks per instance;
-    beyond it new sessions wait for one to end or expire.
+    beyond it new sessions wait for one to end or expire. With ``warmup`` each instance
+    starts, clicks and ends one session on a blank image at load, so that its first user does
+    not wait for kernels and plans to load (GPU: yes; CPU: no, where it only slows loading).
     """
 
     max_batch_size: int = 16
@@ -136,6 +138,7 @@ class SessionServing:
     max_image_pixels: int = 64_000_000
     max_image_bytes: int = 64 << 20
     max_encode_batch: int = 8
+    warmup: bool = True
 
     def check(self) -> None:
         if min(self.max_batch_size, self.instance_count, self.max_sessions) < 1:
@@ -273,7 +276,9 @@ class RepositoryParams:
             decoder=ModelServing(16, (4, 8, 16), 1000, 1, max_queue_size=512),
             prompt_batch_instances=1,
             # Two instances: one session's clicks are answered while another's image encodes.
-            session=SessionServing(max_batch_size=8, instance_count=2, max_sessions=16),
+            session=SessionServing(
+                max_batch_size=8, instance_count=2, max_sessions=16, warmup=False
+            ),
             # One instance: on a CPU a frame takes seconds, two would only share the cores.
             video=VideoServing(instance_count=1, max_frames=300, precision="float32", warmup=False),
         )
@@ -539,6 +544,7 @@ def session_config(params: RepositoryParams) -> mc.ModelConfig:
         "max_image_bytes": s.max_image_bytes,
         "max_points": params.max_points,
         "max_encode_batch": s.max_encode_batch,
+        "warmup": str(s.warmup).lower(),
         "sam2_model_size": params.model_size,
     }.items():
         config.parameters[key].string_value = str(value)

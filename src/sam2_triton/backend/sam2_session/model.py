@@ -98,6 +98,9 @@ class TritonPythonModel:
                 decode_buckets=bucket_sizes(int(config.get("max_batch_size", 1))),
                 on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
             )
+            warmed = ""
+            if parameter(config, "warmup", "false") == "true":
+                warmed = f"; warmed up in {self.engine.warm():.1f} s"
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
         # Expired sessions are freed even when no request comes.
@@ -125,7 +128,7 @@ class TritonPythonModel:
             f"JPEG files decoded by {self.engine.jpeg.where}); "
             f"at most {limits.max_sessions} "
             f"sessions of {ImageSession.nbytes() / 2**20:.2f} MiB, idle timeout "
-            f"{limits.idle_timeout_s:g} s"
+            f"{limits.idle_timeout_s:g} s{warmed}"
         )
 
     def execute(self, requests: list) -> list:
