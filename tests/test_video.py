@@ -414,6 +414,8 @@ def test_frames_are_prepared_as_metas_loader_does(tmp_path, photos):
         frames.append(rgb)
         assert size == (h, w)
         assert torch.equal(frames[i], expected), name
+    # A propagation's batch of frames is the same frames, in its order.
+    assert torch.equal(frames.batch([2, 0]), torch.stack([frames[2], frames[0]]))
 
 
 def cpu_predictor(video_checkpoint: Path) -> tuple[object, list[int]]:

@@ -280,10 +280,15 @@ class FrameList:
         return len(self._frames)
 
     def __getitem__(self, index: int) -> "torch.Tensor":
+        return self.batch([index])[0]
+
+    def batch(self, indices: Sequence[int]) -> "torch.Tensor":
+        """Frames ``indices`` as one ``[B, 3, S, S]`` tensor: one copy to the device and one
+        lookup for all of them."""
         import torch
 
-        rgb = torch.from_numpy(self._frames[index]).to(self.device)
-        return self._table[rgb.permute(2, 0, 1).long() + self._offsets]
+        rgb = torch.from_numpy(np.stack([self._frames[i] for i in indices])).to(self.device)
+        return self._table[rgb.permute(0, 3, 1, 2).long() + self._offsets]
 
     @property
     def host_bytes(self) -> int:
@@ -427,7 +432,7 @@ class FeatureBatches:
     def _encode(self, frames: Sequence[int]) -> None:
         import torch
 
-        images = torch.stack([self.video.frames[f] for f in frames])  # [B, 3, S, S] float32
+        images = self.video.frames.batch(frames)  # [B, 3, S, S] float32
         if self.pad and len(frames) < self.batch:
             images = torch.cat([images, images[-1:].expand(self.batch - len(frames), -1, -1, -1)])
         out = self.predictor.forward_image(images)
