@@ -172,8 +172,10 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
     precision = args.precision or ("bfloat16" if device == "gpu" else "float32")
     if device == "cpu" and (precision != "float32" or args.vos_optimized):
         raise UserError("on the CPU the tracker runs float32, without --vos-optimized")
-    if args.feature_batch < 1:
-        raise UserError(f"--feature-batch must be ≥ 1, got {args.feature_batch}")
+    for flag in ("feature_batch", "engine_repeats"):
+        if getattr(args, flag) < 1:
+            name = "--" + flag.replace("_", "-")
+            raise UserError(f"{name} must be ≥ 1, got {getattr(args, flag)}")
     return VideoBenchConfig(
         model=get_model_size(args.model).name,
         device=device,
@@ -190,7 +192,7 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
         frames_per_request=args.frames_per_request,
         frames_per_response=args.frames_per_response,
         feature_batch=args.feature_batch,
-        engine_repeats=max(1, args.engine_repeats),
+        engine_repeats=args.engine_repeats,
     )
 
 

@@ -437,12 +437,13 @@ class FeatureBatches:
             images = torch.cat([images, images[-1:].expand(self.batch - len(frames), -1, -1, -1)])
         out = self.predictor.forward_image(images)
         positions = [p[:1].clone() for p in out["vision_pos_enc"]]
-        cache = {}
-        for j, frame in enumerate(frames):
-            levels = [level[j : j + 1] for level in out["backbone_fpn"]]
-            features = {"vision_features": levels[-1], "backbone_fpn": levels}
-            cache[frame] = (images[j : j + 1], {**features, "vision_pos_enc": positions})
-        self.video.state["cached_features"] = cache
+        self.video.state["cached_features"] = {
+            frame: (
+                images[j : j + 1],
+                _backbone_out([level[j : j + 1] for level in out["backbone_fpn"]], positions),
+            )
+            for j, frame in enumerate(frames)
+        }
 
     def _keep_last(self) -> None:
         cache = self.video.state["cached_features"]
@@ -454,9 +455,14 @@ class FeatureBatches:
             return
         image, out = kept
         levels = [level.clone() for level in out["backbone_fpn"]]
-        features = {"vision_features": levels[-1], "backbone_fpn": levels}
-        features["vision_pos_enc"] = out["vision_pos_enc"]
+        features = _backbone_out(levels, out["vision_pos_enc"])
         self.video.state["cached_features"] = {self._last: (image.clone(), features)}
+
+
+def _backbone_out(levels: list, positions: list) -> dict:
+    """One frame's ``backbone_out`` as Meta's ``forward_image`` gives it (its last level is
+    also its ``vision_features``)."""
+    return {"vision_features": levels[-1], "backbone_fpn": levels, "vision_pos_enc": positions}
 
 
 # --- the engine -------------------------------------------------------------------------------
