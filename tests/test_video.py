@@ -497,8 +497,8 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     the image encoder on batches of 4, 4 and 3 frames + 1 copy (frame 0, prompted for both
     objects, is not tracked), and answers as Meta's predictor, which encodes one frame at a
     time; afterwards one frame's features stay cached, as in Meta's predictor. The engine is
-    warmed up first: the warm-up runs the shapes requests will (batch 1 for the click, a full
-    batch for the propagation) and leaves nothing behind. (Unpadded batches, as on a CPU: the
+    warmed up first: the warm-up runs the shapes requests will (batch 1 for the click, full
+    batches for the propagation, every memory length) and leaves nothing behind. (Unpadded batches, as on a CPU: the
     bound test above and every served test.)"""
     import torch
 
@@ -508,7 +508,10 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     limits = VideoLimits(feature_batch=4, max_frames_per_response=FRAMES)
     engine = VideoSessionEngine(predictor, torch.device("cpu"), limits, pad_feature_batches=True)
     assert engine.warm() > 0
-    assert batches == [1, 4] and len(engine.store) == 0
+    # The warm-up's blank video covers every memory length: a click, then 2 + 16 (object
+    # pointers) - 1 frames tracked, in full batches.
+    tracked_in_warm_up = 1 + max(predictor.num_maskmem, predictor.max_obj_ptrs_in_encoder)
+    assert batches == [1] + [4] * -(-tracked_in_warm_up // 4) and len(engine.store) == 0
     files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
     for request in (
         VideoRequest(7, start=True, frames=files, object_id=1, frame_index=0, **POINTS),

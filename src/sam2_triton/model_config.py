@@ -190,6 +190,7 @@ class VideoServing:
     precision: str = "bfloat16"
     image_size: int = 0
     vos_optimized: bool = False
+    compile_mode: str = ""
     decode_threads: int = 4
     feature_batch: int = 8
     warmup: bool = True
@@ -631,6 +632,7 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         "precision": v.precision,
         "image_size": v.image_size,
         "vos_optimized": str(v.vos_optimized).lower(),
+        "compile_mode": v.compile_mode,
         "max_videos": v.max_videos,
         "video_idle_timeout_s": v.idle_timeout_s,
         "max_frames": v.max_frames,

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", help="concurrent videos to measure (default 1,4; --quick 1,2)")
     p.add_argument("--instances", type=int, help="sam2_video instances (default: the config's)")
     p.add_argument("--vos-optimized", action="store_true", help="Meta's torch.compile'd variant")
+    p.add_argument(
+        "--compile-mode",
+        default="",
+        help="with --vos-optimized: torch.compile's mode for the networks (default Meta's, "
+        "max-autotune; e.g. reduce-overhead)",
+    )
     p.add_argument("--url", help="a running Triton (HOST:PORT); default: start one here")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--frames-per-request", type=int, default=8)
@@ -125,6 +131,7 @@ class VideoBenchConfig:
     frames_per_response: int
     feature_batch: int = VideoServing.feature_batch
     engine_repeats: int = 3
+    compile_mode: str = ""
 
 
 def _counts(text: str, what: str) -> tuple[int, ...]:
@@ -188,6 +195,7 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
         videos=_counts(args.videos, "videos"),
         instances=args.instances,
         vos_optimized=args.vos_optimized,
+        compile_mode=args.compile_mode,
         protocol=args.protocol,
         frames_per_request=args.frames_per_request,
         frames_per_response=args.frames_per_response,
@@ -253,6 +261,7 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
         precision=config.precision,
         image_size=config.image_size,
         vos_optimized=config.vos_optimized,
+        compile_mode=config.compile_mode,
         max_frames=max(base.video.max_frames, config.frames),
         max_objects=max(base.video.max_objects, max(config.objects)),
         max_videos=max(base.video.max_videos, concurrent),
@@ -381,6 +390,7 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
         device,
         image_size=config.image_size,
         vos_optimized=config.vos_optimized,
+        compile_mode=config.compile_mode,
     )
     limits = VideoLimits(
         max_frames=max(VideoLimits.max_frames, len(frames)),
@@ -424,8 +434,10 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
         call(VideoRequest(0, end=True))
         return {"frames": tracked, "send": t1 - t0, "prompt": t2 - t1, "propagate": t3 - t2}
 
-    for engine in engines.values():  # warm-up
+    started = time.perf_counter()
+    for engine in engines.values():  # warm-up (with --vos-optimized: torch.compile's)
         track(engine, 1)
+    warmup_seconds = round(time.perf_counter() - started, 1)
     results = []
     for objects in config.objects:
         # The feature batches take turns, run after run: a drift of the machine's speed
@@ -452,6 +464,7 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
                     ),
                     "send_seconds_per_video": round(median["send"], 3),
                     "prompt_seconds_per_video": round(median["prompt"], 3),
+                    "warmup_seconds": warmup_seconds,
                 }
             )
     for engine in engines.values():
@@ -469,6 +482,8 @@ def run_meta(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes], wo
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
+    from sam2_triton.sessions.video import META_COMPILE_MODE, compile_video_predictor
+
     size = get_model_size(config.model)
     folder = workdir / "frames"
     folder.mkdir(exist_ok=True)
@@ -481,8 +496,10 @@ def run_meta(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes], wo
         str(checkpoint),
         device=device,
         hydra_overrides_extra=overrides,
-        vos_optimized=config.vos_optimized,
+        vos_optimized=config.vos_optimized and config.compile_mode in ("", META_COMPILE_MODE),
     )
+    if config.vos_optimized and config.compile_mode not in ("", META_COMPILE_MODE):
+        compile_video_predictor(predictor, config.compile_mode)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if config.precision == "bfloat16"
@@ -517,10 +534,13 @@ def run_meta(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes], wo
                     "end_to_end_fps_total": round(tracked / (t3 - t0), 2),
                     "init_state_seconds": round(t1 - t0, 3),
                     "prompt_seconds_per_video": round(t2 - t1, 3),
+                    "warmup_seconds": round(t3 - t0, 1) if not results else None,
                 }
             )
             del state
-    results = results[1:]
+    warmup, *results = results
+    for r in results:  # the first run's seconds (with --vos-optimized: torch.compile's)
+        r["warmup_seconds"] = warmup["warmup_seconds"]
     for r in results:
         print(f"meta: {r}", flush=True)
     return results

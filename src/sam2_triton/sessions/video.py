@@ -38,6 +38,7 @@ fewer than 16 frames that changes how Meta weighs its object pointers).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import time
@@ -475,13 +476,16 @@ def build_video_predictor(
     *,
     image_size: int | None = None,
     vos_optimized: bool = False,
+    compile_mode: str = "",
 ):
     """Meta's ``SAM2VideoPredictor`` of ``size`` (``build_sam2_video_predictor``: the same
     hydra config and post-processing overrides) with the weights of the Meta-format
     checkpoint ``weights``: its SHA-256 checked against the ``SHA256SUMS`` beside it (if that
     records it), read with ``weights_only=True`` and checked tensor by tensor.
     ``image_size`` overrides the model's input side (1024); ``vos_optimized`` builds
-    Meta's ``SAM2VideoPredictorVOS`` (``torch.compile``; GPU only)."""
+    Meta's ``SAM2VideoPredictorVOS`` (``torch.compile``; GPU only), its networks compiled
+    with ``compile_mode`` (:func:`compile_video_predictor`; "" is Meta's own,
+    ``max-autotune``)."""
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
@@ -496,18 +500,65 @@ def build_video_predictor(
         )
     state_dict = read_checkpoint(weights)
     overrides = [] if image_size in (None, 0, IMAGE_SIZE) else [f"++model.image_size={image_size}"]
+    metas_compile = vos_optimized and compile_mode in ("", META_COMPILE_MODE)
     model = build_sam2_video_predictor(
         size.config,
         ckpt_path=None,
         device="cpu",
         mode="eval",
         hydra_overrides_extra=overrides,
-        vos_optimized=vos_optimized,
+        vos_optimized=metas_compile,
     )
     check_state_dict(model.state_dict(), state_dict, size, weights)
     model.load_state_dict(state_dict)
     torch.set_grad_enabled(False)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if vos_optimized and not metas_compile:
+        compile_video_predictor(model, compile_mode)
+    return model
+
+
+META_COMPILE_MODE = "max-autotune"
+# Meta's SAM2VideoPredictorVOS: the networks torch.compile'd, and whether each is compiled for
+# varying shapes (the memory attention's memories grow over a video's first frames).
+_COMPILED = (
+    ("image_encoder", False),
+    ("memory_encoder", False),
+    ("memory_attention", True),
+    ("sam_prompt_encoder", False),
+    ("sam_mask_decoder", False),
+)
+
+
+def compile_video_predictor(predictor, mode: str) -> None:
+    """Make ``predictor`` (a plain ``SAM2VideoPredictor``) Meta's ``SAM2VideoPredictorVOS``
+    with its networks compiled in torch.compile ``mode`` instead of Meta's
+    ``max-autotune``, whose autotuning takes many minutes of a server's load (each matrix
+    product's shape benchmarked against ~20 kernels). ``reduce-overhead`` keeps what the
+    tracker needs most, CUDA graphs: a frame is hundreds of small kernels launched from
+    Python. The class is switched rather than rebuilt: Meta's VOS subclass only overrides
+    methods (copies of compiled outputs, which CUDA graphs overwrite on their next replay)."""
+    import torch
+    from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
+
+    predictor.__class__ = SAM2VideoPredictorVOS
+    for name, dynamic in _COMPILED:
+        module = getattr(predictor, name)
+        compiled = torch.compile(module.forward, mode=mode, fullgraph=True, dynamic=dynamic)
+        module.forward = functools.partial(_run_graphed, compiled)
+
+
+def _run_graphed(compiled, *args, **kwargs):
+    """``compiled``'s outputs, copied out of its CUDA graph's memory. The tracker keeps
+    outputs across frames (memories, pointers) and calls one network between another's
+    output and its use, so that a replay would overwrite them: every call starts a new step
+    (``cudagraph_mark_step_begin``), safe once no output lives in a graph's memory."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    torch.compiler.cudagraph_mark_step_begin()
+    out = compiled(*args, **kwargs)
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
 
 
 def _memory_in_float32(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -600,20 +651,35 @@ class VideoSessionEngine:
         return batch[0] - video_state_bytes(self.image_size, 0, 0)[0]
 
     def warm(self) -> float:
-        """Track a blank two-frame video once, outside the store (a click on frame 0, then
-        frame 1 propagated, its features encoded as a batch of ``feature_batch``), so that an
+        """Track a blank video once, outside the store (a click on frame 0, then the others
+        propagated, their features encoded in batches of ``feature_batch``), so that an
         instance's kernels, libraries and plans are loaded before its first request rather
-        than during it; seconds taken. Nothing is kept."""
+        than during it; seconds taken. Nothing is kept.
+
+        The video is long enough for every shape the tracker meets: the memory attention
+        reads one more memory (up to ``num_maskmem``) and one more object pointer (up to
+        ``max_obj_ptrs_in_encoder``) each frame, and each new length costs a first run
+        (attention plans; with ``vos_optimized`` a CUDA graph), ~10 ms a frame over a
+        video's first 16 frames when measured on the H100 with only two frames warmed."""
         t0 = time.perf_counter()
         s = self.image_size
+        p = self.predictor
+        count = 2 + max(
+            p.num_maskmem, p.max_obj_ptrs_in_encoder if p.use_obj_ptrs_in_encoder else 0
+        )
         frames = FrameList(self.device)
-        for _ in range(2):
+        for _ in range(count):
             frames.append(np.full((s, s, 3), 128, np.uint8))
         video = Video(frames, (s, s), new_inference_state(frames, (s, s), self.device))
         click = make_prompt((s, s), np.array([[s / 2, s / 2]], np.float32), np.array([1]), None)
         with self._running():
             self._prompt(video, VideoRequest(None, frame_index=0, object_id=1), click)
-            self._propagate(video, VideoRequest(None, propagate=True))
+            start = None  # in responses of max_frames_per_response frames, as a client asks
+            while start is None or start < count:
+                answer = self._propagate(
+                    video, VideoRequest(None, propagate=True, start_frame=start)
+                )
+                start = int(answer.frame_indices[-1]) + 1
         if self.device.type == "cuda":
             import torch
 

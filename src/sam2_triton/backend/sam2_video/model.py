@@ -127,6 +127,7 @@ class TritonPythonModel:
                 device,
                 image_size=number("image_size", 0),
                 vos_optimized=parameter(config, "vos_optimized", "false") == "true",
+                compile_mode=parameter(config, "compile_mode", ""),
             )
             self.engine = VideoSessionEngine(
                 predictor,
