@@ -496,18 +496,23 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     """With ``feature_batch`` 4, padded as on a GPU, one propagation over the 12 frames runs
     the image encoder on batches of 4, 4 and 3 frames + 1 copy (frame 0, prompted for both
     objects, is not tracked), and answers as Meta's predictor, which encodes one frame at a
-    time; afterwards one frame's features stay cached, as in Meta's predictor. The engine is
+    time; afterwards one frame's features stay cached, as in Meta's predictor. Warm-up and
+    requests, called from two threads, run on the engine's one tracker thread. The engine is
     warmed up first: the warm-up runs the shapes requests will (batch 1 for the click, full
-    batches for the propagation, every memory length) and leaves nothing behind. (Unpadded batches, as on a CPU: the
-    bound test above and every served test.)"""
+    batches for the propagation, every memory length) and leaves nothing behind. (Unpadded
+    batches, as on a CPU: the bound test above and every served test.)"""
     import torch
 
     from sam2_triton.sessions.video import VideoLimits, VideoRequest, VideoSessionEngine
 
     predictor, batches = cpu_predictor(video_checkpoint)
+    threads = set()
+    encode = predictor.forward_image
+    predictor.forward_image = lambda images: threads.add(threading.get_ident()) or encode(images)
     limits = VideoLimits(feature_batch=4, max_frames_per_response=FRAMES)
     engine = VideoSessionEngine(predictor, torch.device("cpu"), limits, pad_feature_batches=True)
-    assert engine.warm() > 0
+    with ThreadPoolExecutor(1) as loader:  # Triton may load on another thread than it executes
+        assert loader.submit(engine.warm).result() > 0
     # The warm-up's blank video covers every memory length: a click, then 2 + 16 (object
     # pointers) - 1 frames tracked, in full batches.
     tracked_in_warm_up = 1 + max(predictor.num_maskmem, predictor.max_obj_ptrs_in_encoder)
@@ -529,7 +534,28 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
         assert_masks_equal(masks, expected[frame][0], f"batched features, frame {frame}")
         np.testing.assert_allclose(scores, expected[frame][1], atol=SCORE_TOL)
     assert list(engine.store.get(7).state["cached_features"]) == [FRAMES - 1]
+    # Warm-up and requests ran on the engine's one tracker thread (CUDA graphs are per thread).
+    assert len(threads) == 1 and threading.get_ident() not in threads
     engine.close()
+
+
+def test_torch_compile_is_a_gpu_choice_of_the_video_config():
+    """``torch_compile`` reaches the GPU config as a parameter model.py reads; an unknown mode
+    and any compile on a CPU instance are refused before a config is written."""
+    from sam2_triton import model_config as mc
+
+    gpu = mc.RepositoryParams(model_size="base_plus")
+    compiled = dataclasses.replace(
+        gpu, video=dataclasses.replace(gpu.video, torch_compile="reduce-overhead")
+    )
+    parameters = mc.video_config(compiled).parameters
+    assert parameters["torch_compile"].string_value == "reduce-overhead"
+    assert mc.video_config(gpu).parameters["torch_compile"].string_value == "none"
+    with pytest.raises(UserError, match="one of none, reduce-overhead"):
+        dataclasses.replace(gpu.video, torch_compile="fast").check("gpu")
+    cpu = mc.RepositoryParams.cpu_defaults("tiny").video
+    with pytest.raises(UserError, match="without torch.compile"):
+        dataclasses.replace(cpu, torch_compile="reduce-overhead").check("cpu")
 
 
 # --- the CLI and the export -------------------------------------------------------------------

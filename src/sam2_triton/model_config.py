@@ -156,6 +156,10 @@ class SessionServing:
 TRITON_IDLE_MARGIN_S = 60
 
 
+#: ``VideoServing.torch_compile``: none, or a ``torch.compile`` mode (Meta's is max-autotune).
+TORCH_COMPILE_MODES = ("none", "reduce-overhead", "max-autotune", "default")
+
+
 @dataclass(frozen=True)
 class VideoServing:
     """How ``sam2_video`` is scheduled and what each of its instances keeps.
@@ -172,8 +176,13 @@ class VideoServing:
     (Meta's predictor encodes one frame at a time; 1 does the same): the tracker itself is
     sequential, the image encoder is not, and on a GPU it runs several times faster per
     frame in a batch (docs/benchmarks.md, "Video tracking"). With ``warmup`` each instance
-    tracks a blank two-frame video at load, so that its first request does not pay for
-    loading kernels and building plans (GPU: yes; CPU: no, where it only slows loading).
+    tracks a blank video at load, long enough for every memory length, so that its first
+    requests do not pay for loading kernels and building plans (GPU: yes; CPU: no, where it
+    only slows loading). ``torch_compile`` (GPU only) compiles the tracker's networks as
+    Meta's ``SAM2VideoPredictorVOS`` does, in that ``torch.compile`` mode: ``max-autotune``
+    is Meta's own (its autotuning takes many minutes of loading), ``reduce-overhead`` keeps
+    the CUDA graphs that make the difference (twice the frames/s on the H100), ``none``
+    runs Meta's predictor in eager mode.
     """
 
     instance_count: int = 4
@@ -189,8 +198,7 @@ class VideoServing:
     max_mask_prompts: int = 16
     precision: str = "bfloat16"
     image_size: int = 0
-    vos_optimized: bool = False
-    compile_mode: str = ""
+    torch_compile: str = "none"
     decode_threads: int = 4
     feature_batch: int = 8
     warmup: bool = True
@@ -211,7 +219,12 @@ class VideoServing:
             raise UserError("video instances, limits and the idle timeout must be ≥ 1")
         if self.precision not in ("float32", "bfloat16"):
             raise UserError(f"video precision must be float32 or bfloat16, not {self.precision!r}")
-        if device == "cpu" and (self.precision != "float32" or self.vos_optimized):
+        if self.torch_compile not in TORCH_COMPILE_MODES:
+            raise UserError(
+                f"video torch_compile must be one of {', '.join(TORCH_COMPILE_MODES)}, "
+                f"not {self.torch_compile!r}"
+            )
+        if device == "cpu" and (self.precision != "float32" or self.torch_compile != "none"):
             raise UserError("the CPU video model runs float32 without torch.compile")
         if self.image_size and (self.image_size < 64 or self.image_size % 16):
             raise UserError(
@@ -631,8 +644,7 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         "sam2_model_size": params.model_size,
         "precision": v.precision,
         "image_size": v.image_size,
-        "vos_optimized": str(v.vos_optimized).lower(),
-        "compile_mode": v.compile_mode,
+        "torch_compile": v.torch_compile,
         "max_videos": v.max_videos,
         "video_idle_timeout_s": v.idle_timeout_s,
         "max_frames": v.max_frames,

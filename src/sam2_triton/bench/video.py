@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2_triton.model_config import VideoServing
+from sam2_triton.model_config import TORCH_COMPILE_MODES, VideoServing
 from sam2_triton.models import MODEL_SIZES, UserError, get_model_size
 
 EPILOG = """\
@@ -80,12 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", help="object counts to measure (default 1,4; --quick 1,2)")
     p.add_argument("--videos", help="concurrent videos to measure (default 1,4; --quick 1,2)")
     p.add_argument("--instances", type=int, help="sam2_video instances (default: the config's)")
-    p.add_argument("--vos-optimized", action="store_true", help="Meta's torch.compile'd variant")
     p.add_argument(
-        "--compile-mode",
-        default="",
-        help="with --vos-optimized: torch.compile's mode for the networks (default Meta's, "
-        "max-autotune; e.g. reduce-overhead)",
+        "--torch-compile",
+        choices=TORCH_COMPILE_MODES,
+        default="none",
+        help="compile the tracker's networks as Meta's SAM2VideoPredictorVOS, in this "
+        "torch.compile mode, on every side (GPU; default %(default)s)",
+    )
+    p.add_argument(
+        "--vos-optimized",
+        action="store_const",
+        const="max-autotune",
+        dest="torch_compile",
+        help="Meta's own VOS variant: --torch-compile max-autotune",
     )
     p.add_argument("--url", help="a running Triton (HOST:PORT); default: start one here")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
@@ -125,13 +132,12 @@ class VideoBenchConfig:
     objects: tuple[int, ...]
     videos: tuple[int, ...]
     instances: int | None
-    vos_optimized: bool
+    torch_compile: str
     protocol: str
     frames_per_request: int
     frames_per_response: int
     feature_batch: int = VideoServing.feature_batch
     engine_repeats: int = 3
-    compile_mode: str = ""
 
 
 def _counts(text: str, what: str) -> tuple[int, ...]:
@@ -177,8 +183,8 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
     precision = args.precision or ("bfloat16" if device == "gpu" else "float32")
-    if device == "cpu" and (precision != "float32" or args.vos_optimized):
-        raise UserError("on the CPU the tracker runs float32, without --vos-optimized")
+    if device == "cpu" and (precision != "float32" or args.torch_compile != "none"):
+        raise UserError("on the CPU the tracker runs float32, without --torch-compile")
     for flag in ("feature_batch", "engine_repeats"):
         if getattr(args, flag) < 1:
             name = "--" + flag.replace("_", "-")
@@ -194,8 +200,7 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
         objects=_counts(args.objects, "objects"),
         videos=_counts(args.videos, "videos"),
         instances=args.instances,
-        vos_optimized=args.vos_optimized,
-        compile_mode=args.compile_mode,
+        torch_compile=args.torch_compile,
         protocol=args.protocol,
         frames_per_request=args.frames_per_request,
         frames_per_response=args.frames_per_response,
@@ -260,8 +265,7 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
         base.video,
         precision=config.precision,
         image_size=config.image_size,
-        vos_optimized=config.vos_optimized,
-        compile_mode=config.compile_mode,
+        torch_compile=config.torch_compile,
         max_frames=max(base.video.max_frames, config.frames),
         max_objects=max(base.video.max_objects, max(config.objects)),
         max_videos=max(base.video.max_videos, concurrent),
@@ -389,8 +393,7 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
         checkpoint,
         device,
         image_size=config.image_size,
-        vos_optimized=config.vos_optimized,
-        compile_mode=config.compile_mode,
+        torch_compile=config.torch_compile,
     )
     limits = VideoLimits(
         max_frames=max(VideoLimits.max_frames, len(frames)),
@@ -408,7 +411,7 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
         for b in dict.fromkeys((1, config.feature_batch))
     }
 
-    def track(engine: VideoSessionEngine, objects: int) -> dict:
+    def track(engine: VideoSessionEngine, objects: int, masks: list | None = None) -> dict:
         def call(request: VideoRequest):
             (answer,) = engine.execute([request])
             if isinstance(answer, Exception):
@@ -430,12 +433,14 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
                 break
             tracked += len(answer.frame_indices)
             start = int(answer.frame_indices[-1]) + 1
+            if masks is not None:
+                masks.extend(answer.masks)
         t3 = time.perf_counter()
         call(VideoRequest(0, end=True))
         return {"frames": tracked, "send": t1 - t0, "prompt": t2 - t1, "propagate": t3 - t2}
 
     started = time.perf_counter()
-    for engine in engines.values():  # warm-up (with --vos-optimized: torch.compile's)
+    for engine in engines.values():  # warm-up (with --torch-compile: the compilation)
         track(engine, 1)
     warmup_seconds = round(time.perf_counter() - started, 1)
     results = []
@@ -467,11 +472,55 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
                     "warmup_seconds": warmup_seconds,
                 }
             )
+    if config.torch_compile != "none":
+        agreement = compiled_against_eager(
+            config, checkpoint, engines[config.feature_batch], track, max(config.objects)
+        )
+        print(f"engine: compiled against eager: {agreement}", flush=True)
+        for r in results:
+            r["compiled_vs_eager"] = agreement
     for engine in engines.values():
         engine.close()
     for r in results:
         print(f"engine: {r}", flush=True)
     return results
+
+
+def compiled_against_eager(config, checkpoint: Path, compiled, track, objects: int) -> dict:
+    """How far the compiled tracker's masks are from the eager one's (Meta's predictor as
+    built), the same video and clicks: per frame and object the IoU of the two masks, and
+    the share of pixels that differ over the whole video."""
+    import torch
+
+    from sam2_triton.sessions.video import VideoSessionEngine, build_video_predictor
+
+    eager = VideoSessionEngine(
+        build_video_predictor(
+            get_model_size(config.model),
+            checkpoint,
+            torch.device("cuda"),
+            image_size=config.image_size,
+        ),
+        torch.device("cuda"),
+        compiled.limits,
+        precision=config.precision,
+    )
+    ours: list = []
+    theirs: list = []
+    track(compiled, objects, ours)
+    track(eager, objects, theirs)
+    eager.close()
+    a, b = np.stack(ours).astype(bool), np.stack(theirs).astype(bool)  # [F, O, H, W]
+    union = (a | b).sum(axis=(2, 3))
+    iou = np.where(union > 0, (a & b).sum(axis=(2, 3)) / np.maximum(union, 1), 1.0)
+    return {
+        "objects": objects,
+        "frames": int(a.shape[0]),
+        "min_iou": round(float(iou.min()), 4),
+        "mean_iou": round(float(iou.mean()), 4),
+        "pixels_differing": round(float((a != b).mean()), 6),
+        "mask_pixels_eager": round(float(b.mean()), 4),
+    }
 
 
 # --- Meta in-process --------------------------------------------------------------------------
@@ -496,10 +545,10 @@ def run_meta(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes], wo
         str(checkpoint),
         device=device,
         hydra_overrides_extra=overrides,
-        vos_optimized=config.vos_optimized and config.compile_mode in ("", META_COMPILE_MODE),
+        vos_optimized=config.torch_compile == META_COMPILE_MODE,
     )
-    if config.vos_optimized and config.compile_mode not in ("", META_COMPILE_MODE):
-        compile_video_predictor(predictor, config.compile_mode)
+    if config.torch_compile not in ("none", META_COMPILE_MODE):
+        compile_video_predictor(predictor, config.torch_compile)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if config.precision == "bfloat16"
@@ -539,7 +588,7 @@ def run_meta(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes], wo
             )
             del state
     warmup, *results = results
-    for r in results:  # the first run's seconds (with --vos-optimized: torch.compile's)
+    for r in results:  # the first run's seconds (with --torch-compile: the compilation)
         r["warmup_seconds"] = warmup["warmup_seconds"]
     for r in results:
         print(f"meta: {r}", flush=True)
@@ -588,6 +637,15 @@ def markdown(report: dict) -> str:
                 f"| {r['objects']} | {r['videos']} | {t['requests']} | {t['queue_ms']} | "
                 f"{t['compute_input_ms']} | {t['compute_infer_ms']} | {t['compute_output_ms']} |"
             )
+    agreement = next(
+        (r["compiled_vs_eager"] for r in report["results"] if "compiled_vs_eager" in r), None
+    )
+    if agreement:
+        lines += [
+            "",
+            f"Compiled ({c['torch_compile']}) against eager, the engine's masks over the same "
+            "video: " + ", ".join(f"{k} {v}" for k, v in agreement.items()),
+        ]
     if report.get("export_study"):
         from sam2_triton.bench.video_export import markdown as study_markdown
 

@@ -29,6 +29,12 @@ VIDEO_FLAGS = {
     "precision": ("precision", str, "bfloat16 (CUDA autocast) or float32"),
     "image_size": ("image_size", int, "the model's input side (0: the model's, 1024)"),
     "feature_batch": ("feature_batch", int, "frames per image-encoder run in a propagation"),
+    "torch_compile": (
+        "torch_compile",
+        str,
+        "none, or the torch.compile mode of the tracker's networks (GPU: reduce-overhead, "
+        "twice the frames/s; max-autotune is Meta's VOS, minutes of autotuning at load)",
+    ),
 }
 
 

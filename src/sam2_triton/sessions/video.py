@@ -54,7 +54,12 @@ import numpy as np
 
 from sam2_triton.client.prompts import Prompt, make_prompt
 from sam2_triton.client.transforms import PIXEL_MEAN, PIXEL_STD
-from sam2_triton.model_config import MAX_POINTS, VIDEO_OUTPUT_TENSORS, VideoServing
+from sam2_triton.model_config import (
+    MAX_POINTS,
+    TORCH_COMPILE_MODES,
+    VIDEO_OUTPUT_TENSORS,
+    VideoServing,
+)
 from sam2_triton.models import IMAGE_SIZE, ModelSize, UserError
 from sam2_triton.sessions.image import RequestError
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
@@ -388,7 +393,7 @@ class FeatureBatches:
     With ``pad`` a shorter batch (a propagation's first or last) is filled up with copies of
     its last frame, whose features are dropped: the encoder then only ever sees batches of 1
     (prompts) and ``batch``, the shapes a GPU instance warms up (:meth:`VideoSessionEngine.
-    warm`) and ``vos_optimized`` compiles, instead of building plans for a new size mid-video.
+    warm`) and ``torch_compile`` compiles, instead of building plans for a new size mid-video.
     """
 
     def __init__(
@@ -475,17 +480,15 @@ def build_video_predictor(
     device: "torch.device",
     *,
     image_size: int | None = None,
-    vos_optimized: bool = False,
-    compile_mode: str = "",
+    torch_compile: str = "none",
 ):
     """Meta's ``SAM2VideoPredictor`` of ``size`` (``build_sam2_video_predictor``: the same
     hydra config and post-processing overrides) with the weights of the Meta-format
     checkpoint ``weights``: its SHA-256 checked against the ``SHA256SUMS`` beside it (if that
     records it), read with ``weights_only=True`` and checked tensor by tensor.
-    ``image_size`` overrides the model's input side (1024); ``vos_optimized`` builds
-    Meta's ``SAM2VideoPredictorVOS`` (``torch.compile``; GPU only), its networks compiled
-    with ``compile_mode`` (:func:`compile_video_predictor`; "" is Meta's own,
-    ``max-autotune``)."""
+    ``image_size`` overrides the model's input side (1024); ``torch_compile`` other than
+    ``none`` builds Meta's ``SAM2VideoPredictorVOS`` (GPU only): ``max-autotune`` as Meta
+    builds it, another mode through :func:`compile_video_predictor`."""
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
@@ -500,7 +503,9 @@ def build_video_predictor(
         )
     state_dict = read_checkpoint(weights)
     overrides = [] if image_size in (None, 0, IMAGE_SIZE) else [f"++model.image_size={image_size}"]
-    metas_compile = vos_optimized and compile_mode in ("", META_COMPILE_MODE)
+    if torch_compile not in TORCH_COMPILE_MODES:
+        raise UserError(f"torch_compile must be one of {', '.join(TORCH_COMPILE_MODES)}")
+    metas_compile = torch_compile == META_COMPILE_MODE
     model = build_sam2_video_predictor(
         size.config,
         ckpt_path=None,
@@ -513,8 +518,8 @@ def build_video_predictor(
     model.load_state_dict(state_dict)
     torch.set_grad_enabled(False)
     model = model.to(device).eval()
-    if vos_optimized and not metas_compile:
-        compile_video_predictor(model, compile_mode)
+    if torch_compile not in ("none", META_COMPILE_MODE):
+        compile_video_predictor(model, torch_compile)
     return model
 
 
@@ -624,6 +629,10 @@ class VideoSessionEngine:
             limits.max_videos, limits.idle_timeout_s, on_drop=on_drop
         )
         self._decoder = ThreadPoolExecutor(max(1, limits.decode_threads), "frame-decode")
+        # The tracker runs on one thread of its own, whichever thread calls: torch.compile's
+        # CUDA graphs (cudagraph trees) and autocast are per thread, and a warm-up on
+        # Triton's loading thread would not serve requests executed on another.
+        self._tracker = ThreadPoolExecutor(1, "video-tracker")
         if precision == "bfloat16":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -659,9 +668,25 @@ class VideoSessionEngine:
         The video is long enough for every shape the tracker meets: the memory attention
         reads one more memory (up to ``num_maskmem``) and one more object pointer (up to
         ``max_obj_ptrs_in_encoder``) each frame, and each new length costs a first run
-        (attention plans; with ``vos_optimized`` a CUDA graph), ~10 ms a frame over a
-        video's first 16 frames when measured on the H100 with only two frames warmed."""
+        (attention plans; with ``torch_compile`` CUDA graphs): on the H100, a 32-frame video
+        took 0.3 s longer (1.05 s instead of 0.72) when only two frames had been warmed.
+        A compiled predictor tracks it twice: torch.compile runs a new shape once before it
+        records its CUDA graph."""
+        return self._tracker.submit(self._warm).result()
+
+    def _warm(self) -> float:
+        from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
+
         t0 = time.perf_counter()
+        for _ in range(2 if isinstance(self.predictor, SAM2VideoPredictorVOS) else 1):
+            self._track_blank_video()
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+    def _track_blank_video(self) -> None:
         s = self.image_size
         p = self.predictor
         count = 2 + max(
@@ -680,11 +705,6 @@ class VideoSessionEngine:
                     video, VideoRequest(None, propagate=True, start_frame=start)
                 )
                 start = int(answer.frame_indices[-1]) + 1
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -704,6 +724,9 @@ class VideoSessionEngine:
         video). A :class:`RequestError` answers a request the engine refused, before
         anything of its video changed; another exception is a failure of the tracker itself
         (it answers only its request too)."""
+        return self._tracker.submit(self._execute, requests).result()
+
+    def _execute(self, requests: Sequence[VideoRequest]) -> list[VideoAnswer | Exception]:
         in_use = {r.session_id for r in requests}
         for key in in_use:  # a request is a use: no sweep may expire these now
             self.store.get(key)
@@ -1029,6 +1052,7 @@ class VideoSessionEngine:
         """Drop every video (the instance is unloading)."""
         self.store.clear()
         self._decoder.shutdown(wait=False)
+        self._tracker.shutdown(wait=False)
 
 
 def bound_summary(engine: VideoSessionEngine) -> str:

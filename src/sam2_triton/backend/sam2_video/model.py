@@ -126,8 +126,12 @@ class TritonPythonModel:
                 weights,
                 device,
                 image_size=number("image_size", 0),
-                vos_optimized=parameter(config, "vos_optimized", "false") == "true",
-                compile_mode=parameter(config, "compile_mode", ""),
+                # (vos_optimized: a config of an earlier release, Meta's compile)
+                torch_compile=parameter(
+                    config,
+                    "torch_compile",
+                    "max-autotune" if parameter(config, "vos_optimized", "") == "true" else "none",
+                ),
             )
             self.engine = VideoSessionEngine(
                 predictor,
