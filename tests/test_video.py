@@ -496,8 +496,10 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     """With ``feature_batch`` 4, padded as on a GPU, one propagation over the 12 frames runs
     the image encoder on batches of 4, 4 and 3 frames + 1 copy (frame 0, prompted for both
     objects, is not tracked), and answers as Meta's predictor, which encodes one frame at a
-    time; afterwards one frame's features stay cached, as in Meta's predictor. Warm-up and
-    requests, called from two threads, run on the engine's one tracker thread. The engine is
+    time; afterwards one frame's features stay cached, as in Meta's predictor. The two
+    objects are tracked in one batch per frame (``ObjectBatches``), before and after a
+    correcting click, with Meta's answers. Warm-up and requests,
+    called from two threads, run on the engine's one tracker thread. The engine is
     warmed up first: the warm-up runs the shapes requests will (batch 1 for the click, full
     batches for the propagation, every memory length) and leaves nothing behind. (Unpadded
     batches, as on a CPU: the bound test above and every served test.)"""
@@ -534,8 +536,55 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
         assert_masks_equal(masks, expected[frame][0], f"batched features, frame {frame}")
         np.testing.assert_allclose(scores, expected[frame][1], atol=SCORE_TOL)
     assert list(engine.store.get(7).state["cached_features"]) == [FRAMES - 1]
+    # Both objects, prompted on frame 0 alone, were tracked in one batch on every frame.
+    assert engine.object_batches.batch_sizes == [2] * (FRAMES - 1)
+    # A correcting click on a tracked frame (6, object 1) replaces that frame's output (Meta's
+    # SAM2.1 keeps it a non-conditioning frame): the objects' memories still line up, so the
+    # propagation from there is batched too, and answers as Meta's.
+    (click,) = engine.execute([VideoRequest(7, object_id=1, frame_index=CORRECTED, **CLICK)])
+    assert not isinstance(click, Exception), click
+    (tracked,) = engine.execute([VideoRequest(7, propagate=True, start_frame=CORRECTED)])
+    assert engine.object_batches.batch_sizes == [2] * (FRAMES - 1 + FRAMES - CORRECTED)
+    expected = reference["pass2"]
+    assert list(tracked.frame_indices) == sorted(expected)
+    for masks, scores, frame in zip(tracked.masks, tracked.object_scores, tracked.frame_indices):
+        assert_masks_equal(masks, expected[frame][0], f"after the click, frame {frame}")
+        np.testing.assert_allclose(scores, expected[frame][1], atol=SCORE_TOL)
     # Warm-up and requests ran on the engine's one tracker thread (CUDA graphs are per thread).
     assert len(threads) == 1 and threading.get_ident() not in threads
+    engine.close()
+
+
+def test_objects_prompted_on_different_frames_are_tracked_one_at_a_time(
+    video_checkpoint, frames_dir, meta
+):
+    """Object 2 prompted on frames 0 and 3, object 1 on frame 0 alone: their memories differ,
+    so ``ObjectBatches`` leaves each frame to Meta's per-object tracking (no batch), and the
+    answers equal Meta's predictor given the same prompts."""
+    import torch
+
+    from sam2_triton.sessions.video import VideoLimits, VideoRequest, VideoSessionEngine
+
+    prompts = [(0, 1, POINTS), (0, 2, BOX), (3, 2, {"points": [[90.0, 110.0]], "labels": [1]})]
+    state = meta.init_state(str(frames_dir))
+    for frame, obj, prompt in prompts:
+        meta.add_new_points_or_box(state, frame, obj, **prompt)
+    expected = {f: logits[:, 0].numpy() for f, _, logits in meta.propagate_in_video(state)}
+
+    predictor, _ = cpu_predictor(video_checkpoint)
+    limits = VideoLimits(max_frames_per_response=FRAMES)
+    engine = VideoSessionEngine(predictor, torch.device("cpu"), limits)
+    files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
+    engine.execute([VideoRequest(3, start=True, frames=files)])
+    for frame, obj, prompt in prompts:
+        (answer,) = engine.execute([VideoRequest(3, object_id=obj, frame_index=frame, **prompt)])
+        assert not isinstance(answer, Exception), answer
+    (tracked,) = engine.execute([VideoRequest(3, propagate=True)])
+    assert not isinstance(tracked, Exception), tracked
+    assert engine.object_batches.batch_sizes == []
+    assert list(tracked.frame_indices) == sorted(expected)
+    for masks, frame in zip(tracked.masks, tracked.frame_indices):
+        assert_masks_equal(masks, expected[frame], f"one object at a time, frame {frame}")
     engine.close()
 
 

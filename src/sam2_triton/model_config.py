@@ -182,7 +182,9 @@ class VideoServing:
     Meta's ``SAM2VideoPredictorVOS`` does, in that ``torch.compile`` mode: ``max-autotune``
     is Meta's own (its autotuning takes many minutes of loading), ``reduce-overhead`` keeps
     the CUDA graphs that make the difference (twice the frames/s on the H100), ``none``
-    runs Meta's predictor in eager mode.
+    runs Meta's predictor in eager mode. With ``batch_objects`` a propagation tracks the
+    objects of a frame in one run of the tracker where their memories line up (Meta's
+    SAM2.1 tracks each alone; eager only: compiled graphs are made per batch size).
     """
 
     instance_count: int = 4
@@ -201,6 +203,7 @@ class VideoServing:
     torch_compile: str = "none"
     decode_threads: int = 4
     feature_batch: int = 8
+    batch_objects: bool = True
     warmup: bool = True
     max_candidate_sequences: int = 4096
 
@@ -645,6 +648,7 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         "precision": v.precision,
         "image_size": v.image_size,
         "torch_compile": v.torch_compile,
+        "batch_objects": str(v.batch_objects).lower(),
         "max_videos": v.max_videos,
         "video_idle_timeout_s": v.idle_timeout_s,
         "max_frames": v.max_frames,

@@ -10,9 +10,9 @@
   (sending frames + prompts + propagation);
 * **engine in-process**: the server's own tracker (:class:`~sam2_triton.sessions.video.
   VideoSessionEngine`) in this process, without Triton, fed as the client feeds the server,
-  with the image encoder run on one frame at a time (``feature_batch`` 1, as Meta's
-  predictor) and on batches of ``--feature-batch`` frames: what batching gives, and what
-  the wire costs;
+  with the image encoder run on one frame at a time and the objects tracked one at a time
+  (``feature_batch`` 1, as Meta's predictor), and with batches of ``--feature-batch`` frames
+  and of objects (as served): what batching gives, and what the wire costs;
 * **Meta in-process**: ``SAM2VideoPredictor`` on a folder of the same JPEG frames
   (``init_state`` then the same prompts and ``propagate_in_video``), with bfloat16 autocast
   on a GPU as Meta's own benchmark (``sam2/benchmark.py``) runs it;
@@ -376,8 +376,8 @@ def run_served(config: VideoBenchConfig, url: str, frames: list[bytes]) -> list[
 
 def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) -> list[dict]:
     """The server's tracker in this process, 1 video at a time, fed as the client feeds the
-    server (frames and propagations in the same chunks), with ``feature_batch`` 1 and
-    ``config.feature_batch``."""
+    server (frames and propagations in the same chunks), with ``feature_batch`` 1 (objects
+    one at a time, as Meta's predictor) and ``config.feature_batch`` (objects batched)."""
     import torch
 
     from sam2_triton.sessions.video import (
@@ -401,11 +401,13 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
         max_frames_per_request=config.frames_per_request,
         max_frames_per_response=config.frames_per_response,
     )
+    # feature_batch 1 is Meta's way on both counts: frames encoded one at a time, objects
+    # tracked one at a time; the other engine batches both (as served).
     engines = {
         b: VideoSessionEngine(
             predictor,
             device,
-            dataclasses.replace(limits, feature_batch=b),
+            dataclasses.replace(limits, feature_batch=b, batch_objects=b > 1),
             precision=config.precision,
         )
         for b in dict.fromkeys((1, config.feature_batch))
@@ -457,6 +459,7 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
                 {
                     "backend": f"engine_in_process_feature_batch_{b}",
                     "objects": objects,
+                    "batch_objects": engines[b].object_batches is not None,
                     "videos": 1,
                     "frames_per_video": median["frames"],
                     "propagate_fps_per_video": round(median["frames"] / median["propagate"], 2),

@@ -19,6 +19,12 @@ SESSION_FLAGS = {
 }
 
 
+def _true_or_false(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
+
+
 #: ``--video-*`` flags: the :class:`~sam2_triton.model_config.VideoServing` field, type, meaning.
 VIDEO_FLAGS = {
     "instances": ("instance_count", int, "model instances (each keeps its own videos)"),
@@ -29,6 +35,11 @@ VIDEO_FLAGS = {
     "precision": ("precision", str, "bfloat16 (CUDA autocast) or float32"),
     "image_size": ("image_size", int, "the model's input side (0: the model's, 1024)"),
     "feature_batch": ("feature_batch", int, "frames per image-encoder run in a propagation"),
+    "batch_objects": (
+        "batch_objects",
+        _true_or_false,
+        "true: track a frame's objects in one batch where their memories line up",
+    ),
     "torch_compile": (
         "torch_compile",
         str,

@@ -44,7 +44,7 @@ import logging
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +95,9 @@ class VideoLimits:
     their masks would exceed ``max_response_bytes``. At most ``max_mask_prompts`` mask
     prompts are kept per video (each holds an S×S float32 mask). ``decode_threads`` decode
     the frames of one request in parallel; a propagation encodes ``feature_batch`` frames per
-    run of the image encoder. The defaults are those the generated config writes
+    run of the image encoder and, with ``batch_objects``, tracks the objects of a frame in
+    one run of the tracker where their memories line up (:class:`ObjectBatches`). The
+    defaults are those the generated config writes
     (:class:`~sam2_triton.model_config.VideoServing`).
     """
 
@@ -112,6 +114,7 @@ class VideoLimits:
     max_mask_prompts: int = VideoServing.max_mask_prompts
     decode_threads: int = VideoServing.decode_threads
     feature_batch: int = VideoServing.feature_batch
+    batch_objects: bool = VideoServing.batch_objects
 
 
 @dataclass
@@ -465,6 +468,166 @@ class FeatureBatches:
         self.video.state["cached_features"] = {self._last: (image.clone(), features)}
 
 
+class ObjectBatches:
+    """Meta's per-object tracking of a frame, run once for all the objects it can batch.
+
+    Meta's SAM2.1 ``propagate_in_video`` tracks each object of a frame on its own: a call of
+    ``_run_single_frame_inference`` with batch 1 and that object's ``output_dict``
+    (``{"cond_frame_outputs": {frame: out}, "non_cond_frame_outputs": {frame: out}}``). Put
+    in place of that method for a propagation (:meth:`installed`), this object answers the
+    first such call of a frame for every later object of the frame whose outputs have the
+    same frames in the same order (then the tracker reads the same memories and pointers of
+    each): one run of Meta's own ``_run_single_frame_inference`` with batch N over
+    :class:`_BatchedOutputs` of their dicts, split into each object's output, the later
+    objects' kept until Meta's loop asks for them. The usual case, every object prompted on
+    the same frames, is one batch; objects whose prompts differ are tracked as Meta tracks
+    them. Meta's loop itself, and every call that is not a propagation's, is untouched.
+    """
+
+    def __init__(self, predictor) -> None:
+        self.predictor = predictor
+        self.run_one = predictor._run_single_frame_inference
+        self._ready: dict[tuple[int, int], tuple] = {}
+        self.batch_sizes: list[int] = []  # of each batched run (for tests and logs)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["ObjectBatches"]:
+        self._ready.clear()
+        self.predictor._run_single_frame_inference = self
+        try:
+            yield self
+        finally:
+            del self.predictor._run_single_frame_inference  # Meta's method again
+            self._ready.clear()
+
+    def __call__(
+        self,
+        inference_state,
+        output_dict,
+        frame_idx,
+        batch_size,
+        is_init_cond_frame,
+        point_inputs,
+        mask_inputs,
+        reverse,
+        run_mem_encoder,
+        prev_sam_mask_logits=None,
+    ):
+        args = dict(
+            inference_state=inference_state,
+            frame_idx=frame_idx,
+            is_init_cond_frame=is_init_cond_frame,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            reverse=reverse,
+            run_mem_encoder=run_mem_encoder,
+            prev_sam_mask_logits=prev_sam_mask_logits,
+        )
+        tracking = (
+            batch_size == 1
+            and not is_init_cond_frame
+            and point_inputs is None
+            and mask_inputs is None
+            and run_mem_encoder
+            and prev_sam_mask_logits is None
+        )
+        if not tracking:
+            return self.run_one(output_dict=output_dict, batch_size=batch_size, **args)
+        ready = self._ready.pop((frame_idx, id(output_dict)), None)
+        if ready is not None:
+            return ready
+        self._ready.clear()
+        group = self._group(inference_state, output_dict, frame_idx)
+        if len(group) == 1:
+            return self.run_one(output_dict=output_dict, batch_size=1, **args)
+        batched = {
+            key: _BatchedOutputs([d[key] for d in group])
+            for key in ("cond_frame_outputs", "non_cond_frame_outputs")
+        }
+        out, masks = self.run_one(output_dict=batched, batch_size=len(group), **args)
+        self.batch_sizes.append(len(group))
+        for i, d in enumerate(group[1:], 1):
+            self._ready[(frame_idx, id(d))] = (_object_output(out, i), masks[i : i + 1])
+        return _object_output(out, 0), masks[0:1]
+
+    @staticmethod
+    def _group(inference_state, output_dict, frame_idx: int) -> list[dict]:
+        """``output_dict`` and the dicts of the objects after it that Meta's loop will track
+        on ``frame_idx`` (not prompted there) with the same frames in the same order."""
+
+        def frames(d: dict) -> tuple[list, list]:
+            return list(d["cond_frame_outputs"]), list(d["non_cond_frame_outputs"])
+
+        dicts = [d for _, d in sorted(inference_state["output_dict_per_obj"].items())]
+        mine = next((i for i, d in enumerate(dicts) if d is output_dict), None)
+        if mine is None:
+            return [output_dict]
+        key = frames(output_dict)
+        return [output_dict] + [
+            d
+            for d in dicts[mine + 1 :]
+            if frame_idx not in d["cond_frame_outputs"] and frames(d) == key
+        ]
+
+
+class _BatchedOutputs(Mapping):
+    """Several objects' ``{frame: out}`` with the same frames, read as one batch's: the
+    entry of a frame concatenates the objects' tensors along the batch (on first read of a
+    key: the tracker reads only the memories and pointers it attends to)."""
+
+    def __init__(self, per_object: list[dict]) -> None:
+        self._dicts = per_object
+
+    def __getitem__(self, frame: int) -> "_BatchedEntry":
+        return _BatchedEntry([d[frame] for d in self._dicts])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._dicts[0])
+
+    def __len__(self) -> int:
+        return len(self._dicts[0])
+
+
+class _BatchedEntry(Mapping):
+    def __init__(self, outs: list[dict]) -> None:
+        self._outs = outs
+        self._cache: dict = {}
+
+    def __getitem__(self, key: str):
+        import torch
+
+        if key not in self._cache:
+            values = [o[key] for o in self._outs]
+            if values[0] is None:
+                self._cache[key] = None
+            elif isinstance(values[0], list):  # maskmem_pos_enc: a tensor per level
+                self._cache[key] = [torch.cat(levels) for levels in zip(*values)]
+            else:
+                self._cache[key] = torch.cat(values)
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outs[0])
+
+    def __len__(self) -> int:
+        return len(self._outs[0])
+
+
+def _object_output(out: dict, i: int) -> dict:
+    """Object ``i``'s part of a batched frame output (Meta's compact output: tensors, and
+    ``maskmem_pos_enc``, a list of views of one constant, as Meta's own). Copied, so that
+    each object's memory is its own, as in Meta's predictor (freed when it is removed)."""
+    part: dict = {}
+    for key, value in out.items():
+        if value is None:
+            part[key] = None
+        elif isinstance(value, list):
+            part[key] = [v[i : i + 1] for v in value]
+        else:
+            part[key] = value[i : i + 1].clone()
+    return part
+
+
 def _backbone_out(levels: list, positions: list) -> dict:
     """One frame's ``backbone_out`` as Meta's ``forward_image`` gives it (its last level is
     also its ``vision_features``)."""
@@ -553,6 +716,13 @@ def compile_video_predictor(predictor, mode: str) -> None:
         module.forward = functools.partial(_run_graphed, compiled)
 
 
+def _compiled(predictor) -> bool:
+    """Whether ``predictor`` is Meta's compiled ``SAM2VideoPredictorVOS``."""
+    from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
+
+    return isinstance(predictor, SAM2VideoPredictorVOS)
+
+
 def _run_graphed(compiled, *args, **kwargs):
     """``compiled``'s outputs, copied out of its CUDA graph's memory. The tracker keeps
     outputs across frames (memories, pointers) and calls one network between another's
@@ -633,6 +803,11 @@ class VideoSessionEngine:
         # CUDA graphs (cudagraph trees) and autocast are per thread, and a warm-up on
         # Triton's loading thread would not serve requests executed on another.
         self._tracker = ThreadPoolExecutor(1, "video-tracker")
+        # Compiled networks are made for each batch size: objects are batched in eager only
+        # (a compiled instance would compile again for each new count of objects mid-video).
+        self.object_batches = (
+            ObjectBatches(predictor) if limits.batch_objects and not _compiled(predictor) else None
+        )
         if precision == "bfloat16":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -675,10 +850,8 @@ class VideoSessionEngine:
         return self._tracker.submit(self._warm).result()
 
     def _warm(self) -> float:
-        from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
-
         t0 = time.perf_counter()
-        for _ in range(2 if isinstance(self.predictor, SAM2VideoPredictorVOS) else 1):
+        for _ in range(2 if _compiled(self.predictor) else 1):
             self._track_blank_video()
         if self.device.type == "cuda":
             import torch
@@ -994,14 +1167,21 @@ class VideoSessionEngine:
         features = FeatureBatches(
             predictor, video, order, self.limits.feature_batch, pad=self.pad_feature_batches
         )
-        tracking = predictor.propagate_in_video(
-            state, start_frame_idx=start, max_frame_num_to_track=count - 1, reverse=request.reverse
+        objects_batched = (
+            self.object_batches.installed() if self.object_batches else contextlib.nullcontext()
         )
         indices, logits, scores = [], [], []
-        for frame, object_ids, frame_logits in features.feed(tracking):
-            indices.append(frame)
-            logits.append(frame_logits)
-            scores.append([self._score(state, i, frame, None) for i in range(len(object_ids))])
+        with objects_batched:
+            tracking = predictor.propagate_in_video(
+                state,
+                start_frame_idx=start,
+                max_frame_num_to_track=count - 1,
+                reverse=request.reverse,
+            )
+            for frame, object_ids, frame_logits in features.feed(tracking):
+                indices.append(frame)
+                logits.append(frame_logits)
+                scores.append([self._score(state, i, frame, None) for i in range(len(object_ids))])
         return self._answer(video, request, indices, logits, scores)
 
     # --- answers ----------------------------------------------------------------------------

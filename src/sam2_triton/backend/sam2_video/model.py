@@ -105,6 +105,7 @@ class TritonPythonModel:
             max_mask_prompts=number("max_mask_prompts", defaults.max_mask_prompts),
             decode_threads=number("decode_threads", defaults.decode_threads),
             feature_batch=number("feature_batch", defaults.feature_batch),
+            batch_objects=parameter(config, "batch_objects", "true") == "true",
         )
         weights = (
             Path(args["model_repository"])
