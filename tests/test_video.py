@@ -588,6 +588,21 @@ def test_objects_prompted_on_different_frames_are_tracked_one_at_a_time(
     engine.close()
 
 
+def test_compiled_outputs_are_copied_out_of_the_graphs_memory():
+    """``_run_graphed`` (each compiled network's call) hands back copies of every tensor of
+    the network's output, however nested, so that a later CUDA graph replay cannot overwrite
+    what the tracker keeps; everything else passes through."""
+    import torch
+
+    from sam2_triton.sessions.video import _run_graphed
+
+    kept = {"fpn": [torch.ones(2, 3), torch.zeros(4)], "vision": torch.arange(5.0), "n": 3}
+    out = _run_graphed(lambda x, scale=1: {**kept, "x": x * scale}, torch.ones(2), scale=2)
+    assert out["n"] == 3 and torch.equal(out["x"], torch.full((2,), 2.0))
+    for mine, theirs in ((out["vision"], kept["vision"]), (out["fpn"][0], kept["fpn"][0])):
+        assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()
+
+
 def test_torch_compile_is_a_gpu_choice_of_the_video_config():
     """``torch_compile`` reaches the GPU config as a parameter model.py reads; an unknown mode
     and any compile on a CPU instance are refused before a config is written."""
