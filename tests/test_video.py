@@ -588,6 +588,46 @@ def test_objects_prompted_on_different_frames_are_tracked_one_at_a_time(
     engine.close()
 
 
+def test_backward_propagation_equals_metas(video_checkpoint, frames_dir, meta):
+    """Both objects prompted on the last frame, then tracked backwards to frame 0
+    (``reverse``, in responses of 5 frames as a client continues them): Meta's
+    ``propagate_in_video(reverse=True)``'s masks, the objects in one batch per frame."""
+    import torch
+
+    from sam2_triton.sessions.video import VideoLimits, VideoRequest, VideoSessionEngine
+
+    last = FRAMES - 1
+    state = meta.init_state(str(frames_dir))
+    meta.add_new_points_or_box(state, last, 1, **POINTS)
+    meta.add_new_points_or_box(state, last, 2, **BOX)
+    expected = {
+        f: logits[:, 0].numpy() for f, _, logits in meta.propagate_in_video(state, reverse=True)
+    }
+    assert sorted(expected) == list(range(FRAMES))
+
+    predictor, _ = cpu_predictor(video_checkpoint)
+    engine = VideoSessionEngine(
+        predictor, torch.device("cpu"), VideoLimits(max_frames_per_response=5)
+    )
+    files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
+    engine.execute([VideoRequest(5, start=True, frames=files)])
+    engine.execute([VideoRequest(5, object_id=1, frame_index=last, **POINTS)])
+    engine.execute([VideoRequest(5, object_id=2, frame_index=last, **BOX)])
+    frames, start = [], last
+    while start >= 0:
+        (answer,) = engine.execute(
+            [VideoRequest(5, propagate=True, reverse=True, start_frame=start)]
+        )
+        assert not isinstance(answer, Exception), answer
+        for masks, frame in zip(answer.masks, answer.frame_indices):
+            assert_masks_equal(masks, expected[frame], f"backwards, frame {frame}")
+            frames.append(int(frame))
+        start = frames[-1] - 1
+    assert frames == list(range(last, -1, -1))
+    assert engine.object_batches.batch_sizes == [2] * last
+    engine.close()
+
+
 def test_compiled_outputs_are_copied_out_of_the_graphs_memory():
     """``_run_graphed`` (each compiled network's call) hands back copies of every tensor of
     the network's output, however nested, so that a later CUDA graph replay cannot overwrite
