@@ -537,14 +537,14 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
         np.testing.assert_allclose(scores, expected[frame][1], atol=SCORE_TOL)
     assert list(engine.store.get(7).state["cached_features"]) == [FRAMES - 1]
     # Both objects, prompted on frame 0 alone, were tracked in one batch on every frame.
-    assert engine.object_batches.batch_sizes == [2] * (FRAMES - 1)
+    assert engine.object_batches.runs == {2: FRAMES - 1}
     # A correcting click on a tracked frame (6, object 1) replaces that frame's output (Meta's
     # SAM2.1 keeps it a non-conditioning frame): the objects' memories still line up, so the
     # propagation from there is batched too, and answers as Meta's.
     (click,) = engine.execute([VideoRequest(7, object_id=1, frame_index=CORRECTED, **CLICK)])
     assert not isinstance(click, Exception), click
     (tracked,) = engine.execute([VideoRequest(7, propagate=True, start_frame=CORRECTED)])
-    assert engine.object_batches.batch_sizes == [2] * (FRAMES - 1 + FRAMES - CORRECTED)
+    assert engine.object_batches.runs == {2: FRAMES - 1 + FRAMES - CORRECTED}
     expected = reference["pass2"]
     assert list(tracked.frame_indices) == sorted(expected)
     for masks, scores, frame in zip(tracked.masks, tracked.object_scores, tracked.frame_indices):
@@ -581,7 +581,7 @@ def test_objects_prompted_on_different_frames_are_tracked_one_at_a_time(
         assert not isinstance(answer, Exception), answer
     (tracked,) = engine.execute([VideoRequest(3, propagate=True)])
     assert not isinstance(tracked, Exception), tracked
-    assert engine.object_batches.batch_sizes == []
+    assert not engine.object_batches.runs
     assert list(tracked.frame_indices) == sorted(expected)
     for masks, frame in zip(tracked.masks, tracked.frame_indices):
         assert_masks_equal(masks, expected[frame], f"one object at a time, frame {frame}")
@@ -624,7 +624,7 @@ def test_backward_propagation_equals_metas(video_checkpoint, frames_dir, meta):
             frames.append(int(frame))
         start = frames[-1] - 1
     assert frames == list(range(last, -1, -1))
-    assert engine.object_batches.batch_sizes == [2] * last
+    assert engine.object_batches.runs == {2: last}
     engine.close()
 
 

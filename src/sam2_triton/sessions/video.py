@@ -43,7 +43,7 @@ import io
 import logging
 import time
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -488,7 +488,7 @@ class ObjectBatches:
         self.predictor = predictor
         self.run_one = predictor._run_single_frame_inference
         self._ready: dict[tuple[int, int], tuple] = {}
-        self.batch_sizes: list[int] = []  # of each batched run (for tests and logs)
+        self.runs: Counter[int] = Counter()  # batched runs by their number of objects
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["ObjectBatches"]:
@@ -545,7 +545,7 @@ class ObjectBatches:
             for key in ("cond_frame_outputs", "non_cond_frame_outputs")
         }
         out, masks = self.run_one(output_dict=batched, batch_size=len(group), **args)
-        self.batch_sizes.append(len(group))
+        self.runs[len(group)] += 1
         for i, d in enumerate(group[1:], 1):
             self._ready[(frame_idx, id(d))] = (_object_output(out, i), masks[i : i + 1])
         return _object_output(out, 0), masks[0:1]
