@@ -643,6 +643,32 @@ def test_compiled_outputs_are_copied_out_of_the_graphs_memory():
         assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()
 
 
+def test_prompts_run_the_prompt_networks_eager_on_a_compiled_predictor(video_checkpoint):
+    """``compile_video_predictor`` makes Meta's VOS predictor with compiled networks (lazily:
+    nothing compiles until a call); inside ``eager_prompt_networks`` the prompt encoder and
+    mask decoder are their classes' own eager forwards, after it the compiled ones again,
+    and the networks a propagation needs stay compiled throughout."""
+    from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
+
+    from sam2_triton.sessions.video import compile_video_predictor, eager_prompt_networks
+
+    predictor, _ = cpu_predictor(video_checkpoint)
+    compile_video_predictor(predictor, "reduce-overhead")
+    assert isinstance(predictor, SAM2VideoPredictorVOS)
+    names = ("image_encoder", "memory_encoder", "memory_attention")
+    prompt_names = ("sam_prompt_encoder", "sam_mask_decoder")
+    compiled = {n: vars(getattr(predictor, n))["forward"] for n in names + prompt_names}
+    with eager_prompt_networks(predictor):
+        for name in prompt_names:
+            module = getattr(predictor, name)
+            assert "forward" not in vars(module)
+            assert module.forward.__func__ is type(module).forward
+        for name in names:
+            assert vars(getattr(predictor, name))["forward"] is compiled[name]
+    for name in names + prompt_names:
+        assert vars(getattr(predictor, name))["forward"] is compiled[name]
+
+
 def test_torch_compile_is_a_gpu_choice_of_the_video_config():
     """``torch_compile`` reaches the GPU config as a parameter model.py reads; an unknown mode
     and any compile on a CPU instance are refused before a config is written."""

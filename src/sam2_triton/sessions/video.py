@@ -716,6 +716,30 @@ def compile_video_predictor(predictor, mode: str) -> None:
         module.forward = functools.partial(_run_graphed, compiled)
 
 
+#: The networks a prompt runs with shapes of its own (points, boxes, masks): eager at prompts.
+_PROMPT_NETWORKS = ("sam_prompt_encoder", "sam_mask_decoder")
+
+
+@contextlib.contextmanager
+def eager_prompt_networks(predictor) -> Iterator[None]:
+    """Run the prompt encoder and mask decoder of a compiled predictor in eager mode inside
+    the block. Compiled for fixed shapes (as Meta's VOS compiles them: shape-polymorphic
+    compilation cost it accuracy), they would compile again for every new number of points
+    a click brings, for seconds, in the middle of a user's request; a propagation's calls
+    (no points) keep one shape and stay compiled. A plain predictor is left as it is."""
+    swapped = {}
+    for name in _PROMPT_NETWORKS:
+        module = getattr(predictor, name)
+        if "forward" in vars(module):  # compile_video_predictor's (or Meta's) compiled forward
+            swapped[module] = vars(module)["forward"]
+            del module.forward  # the class's own, eager forward
+    try:
+        yield
+    finally:
+        for module, forward in swapped.items():
+            module.forward = forward
+
+
 def _compiled(predictor) -> bool:
     """Whether ``predictor`` is Meta's compiled ``SAM2VideoPredictorVOS``."""
     from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
@@ -1101,20 +1125,21 @@ class VideoSessionEngine:
 
     def _prompt(self, video: Video, request: VideoRequest, prompt: Prompt | None) -> VideoAnswer:
         predictor, state, f = self.predictor, video.state, request.frame_index
-        if prompt is None:
-            _, object_ids, logits = predictor.add_new_mask(
-                state, f, request.object_id, request.mask.astype(bool)
-            )
-        else:
-            _, object_ids, logits = predictor.add_new_points_or_box(
-                state,
-                f,
-                request.object_id,
-                points=prompt.points,
-                labels=prompt.labels,
-                clear_old_points=request.clear_old_points,
-                box=prompt.box,
-            )
+        with eager_prompt_networks(predictor):
+            if prompt is None:
+                _, object_ids, logits = predictor.add_new_mask(
+                    state, f, request.object_id, request.mask.astype(bool)
+                )
+            else:
+                _, object_ids, logits = predictor.add_new_points_or_box(
+                    state,
+                    f,
+                    request.object_id,
+                    points=prompt.points,
+                    labels=prompt.labels,
+                    clear_old_points=request.clear_old_points,
+                    box=prompt.box,
+                )
         obj_idx = state["obj_id_to_idx"][request.object_id]
         is_cond = f in state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"]
         scores = [self._score(state, i, f, is_cond) for i in range(len(object_ids))]
