@@ -505,7 +505,7 @@ def compiled_against_eager(config, checkpoint: Path, compiled, track, objects: i
             image_size=config.image_size,
         ),
         torch.device("cuda"),
-        compiled.limits,
+        dataclasses.replace(compiled.limits, batch_objects=False),  # as compiled: one by one
         precision=config.precision,
     )
     ours: list = []
