@@ -550,8 +550,7 @@ def run_meta(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes], wo
         hydra_overrides_extra=overrides,
         vos_optimized=config.torch_compile == META_COMPILE_MODE,
     )
-    if config.torch_compile not in ("none", META_COMPILE_MODE):
-        compile_video_predictor(predictor, config.torch_compile)
+    compile_video_predictor(predictor, config.torch_compile)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if config.precision == "bfloat16"

@@ -668,21 +668,19 @@ def build_video_predictor(
     overrides = [] if image_size in (None, 0, IMAGE_SIZE) else [f"++model.image_size={image_size}"]
     if torch_compile not in TORCH_COMPILE_MODES:
         raise UserError(f"torch_compile must be one of {', '.join(TORCH_COMPILE_MODES)}")
-    metas_compile = torch_compile == META_COMPILE_MODE
     model = build_sam2_video_predictor(
         size.config,
         ckpt_path=None,
         device="cpu",
         mode="eval",
         hydra_overrides_extra=overrides,
-        vos_optimized=metas_compile,
+        vos_optimized=torch_compile == META_COMPILE_MODE,  # Meta's builder compiles it
     )
     check_state_dict(model.state_dict(), state_dict, size, weights)
     model.load_state_dict(state_dict)
     torch.set_grad_enabled(False)
     model = model.to(device).eval()
-    if torch_compile not in ("none", META_COMPILE_MODE):
-        compile_video_predictor(model, torch_compile)
+    compile_video_predictor(model, torch_compile)
     return model
 
 
@@ -705,10 +703,14 @@ def compile_video_predictor(predictor, mode: str) -> None:
     product's shape benchmarked against ~20 kernels). ``reduce-overhead`` keeps what the
     tracker needs most, CUDA graphs: a frame is hundreds of small kernels launched from
     Python. The class is switched rather than rebuilt: Meta's VOS subclass only overrides
-    methods (copies of compiled outputs, which CUDA graphs overwrite on their next replay)."""
+    methods (copies of compiled outputs, which CUDA graphs overwrite on their next replay).
+    ``none``, and Meta's own mode (which ``build_sam2_video_predictor(vos_optimized=True)``
+    compiles), leave ``predictor`` as it is."""
     import torch
     from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
 
+    if mode in ("none", META_COMPILE_MODE):
+        return
     predictor.__class__ = SAM2VideoPredictorVOS
     for name, dynamic in _COMPILED:
         module = getattr(predictor, name)
