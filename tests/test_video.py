@@ -81,6 +81,12 @@ def frames_dir(tmp_path_factory, photos) -> Path:
 
 
 @pytest.fixture(scope="module")
+def frame_files(frames_dir) -> list[bytes]:
+    """The 12 frames' JPEG files, in order, as the engine tests send them."""
+    return [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
+
+
+@pytest.fixture(scope="module")
 def other_video(photos) -> list[bytes]:
     """A second video: 6 moving 200x240 crops of another photo."""
     from sam2_triton.testing import shifted_crops
@@ -436,7 +442,7 @@ def cpu_predictor(video_checkpoint: Path) -> tuple[object, list[int]]:
 
 
 def test_engine_state_is_metas_and_stays_within_its_bound(
-    video_checkpoint, frames_dir, reference, meta, tmp_path
+    video_checkpoint, frame_files, reference, meta, tmp_path
 ):
     """The engine's per-video state has exactly the keys of Meta's ``init_state``; after a
     propagation its device tensors fit the stated bound, the tracked part exactly; its host
@@ -454,7 +460,7 @@ def test_engine_state_is_metas_and_stays_within_its_bound(
 
     predictor, batches = cpu_predictor(video_checkpoint)
     engine = VideoSessionEngine(predictor, torch.device("cpu"))  # batches of 8, not padded
-    files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))[:3]]
+    files = frame_files[:3]
     (answer,) = engine.execute(
         [VideoRequest(5, start=True, frames=files, object_id=1, frame_index=0, **POINTS)]
     )
@@ -491,7 +497,7 @@ def test_engine_state_is_metas_and_stays_within_its_bound(
 
 
 def test_propagation_encodes_frames_in_batches_with_metas_answers(
-    video_checkpoint, frames_dir, reference
+    video_checkpoint, frame_files, reference
 ):
     """With ``feature_batch`` 4, padded as on a GPU, one propagation over the 12 frames runs
     the image encoder on batches of 4, 4 and 3 frames + 1 copy (frame 0, prompted for both
@@ -519,9 +525,8 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
     # pointers) - 1 frames tracked, in full batches.
     tracked_in_warm_up = 1 + max(predictor.num_maskmem, predictor.max_obj_ptrs_in_encoder)
     assert batches == [1] + [4] * -(-tracked_in_warm_up // 4) and len(engine.store) == 0
-    files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
     for request in (
-        VideoRequest(7, start=True, frames=files, object_id=1, frame_index=0, **POINTS),
+        VideoRequest(7, start=True, frames=frame_files, object_id=1, frame_index=0, **POINTS),
         VideoRequest(7, object_id=2, frame_index=0, **BOX),
     ):
         (answer,) = engine.execute([request])
@@ -556,7 +561,7 @@ def test_propagation_encodes_frames_in_batches_with_metas_answers(
 
 
 def test_objects_prompted_on_different_frames_are_tracked_one_at_a_time(
-    video_checkpoint, frames_dir, meta
+    video_checkpoint, frames_dir, frame_files, meta
 ):
     """Object 2 prompted on frames 0 and 3, object 1 on frame 0 alone: their memories differ,
     so ``ObjectBatches`` leaves each frame to Meta's per-object tracking (no batch), and the
@@ -574,8 +579,7 @@ def test_objects_prompted_on_different_frames_are_tracked_one_at_a_time(
     predictor, _ = cpu_predictor(video_checkpoint)
     limits = VideoLimits(max_frames_per_response=FRAMES)
     engine = VideoSessionEngine(predictor, torch.device("cpu"), limits)
-    files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
-    engine.execute([VideoRequest(3, start=True, frames=files)])
+    engine.execute([VideoRequest(3, start=True, frames=frame_files)])
     for frame, obj, prompt in prompts:
         (answer,) = engine.execute([VideoRequest(3, object_id=obj, frame_index=frame, **prompt)])
         assert not isinstance(answer, Exception), answer
@@ -588,7 +592,7 @@ def test_objects_prompted_on_different_frames_are_tracked_one_at_a_time(
     engine.close()
 
 
-def test_backward_propagation_equals_metas(video_checkpoint, frames_dir, meta):
+def test_backward_propagation_equals_metas(video_checkpoint, frames_dir, frame_files, meta):
     """Both objects prompted on the last frame, then tracked backwards to frame 0
     (``reverse``, in responses of 5 frames as a client continues them): Meta's
     ``propagate_in_video(reverse=True)``'s masks, the objects in one batch per frame."""
@@ -609,8 +613,7 @@ def test_backward_propagation_equals_metas(video_checkpoint, frames_dir, meta):
     engine = VideoSessionEngine(
         predictor, torch.device("cpu"), VideoLimits(max_frames_per_response=5)
     )
-    files = [p.read_bytes() for p in sorted(frames_dir.glob("*.jpg"))]
-    engine.execute([VideoRequest(5, start=True, frames=files)])
+    engine.execute([VideoRequest(5, start=True, frames=frame_files)])
     engine.execute([VideoRequest(5, object_id=1, frame_index=last, **POINTS)])
     engine.execute([VideoRequest(5, object_id=2, frame_index=last, **BOX)])
     frames, start = [], last
