@@ -672,6 +672,34 @@ def test_prompts_run_the_prompt_networks_eager_on_a_compiled_predictor(video_che
         assert vars(getattr(predictor, name))["forward"] is compiled[name]
 
 
+def test_a_compiled_engines_tracker_thread_has_its_own_cuda_graph_state(video_checkpoint):
+    """torch.compile keeps its CUDA graphs (cudagraph trees) in per-thread state that torch
+    2.11 makes only in the thread that imported it: the first compiled run on the engine's
+    tracker thread failed on the H100 (``assert torch._C._is_key_in_tls``). A compiled
+    engine's tracker thread makes that state when it starts; another new thread has none."""
+    import torch
+    from torch._inductor import cudagraph_trees
+
+    from sam2_triton.sessions.video import (
+        VideoLimits,
+        VideoSessionEngine,
+        compile_video_predictor,
+    )
+
+    def has_state() -> bool:
+        return hasattr(cudagraph_trees.local, "tree_manager_containers")
+
+    with ThreadPoolExecutor(1) as plain:
+        assert not plain.submit(has_state).result()
+    predictor, _ = cpu_predictor(video_checkpoint)
+    compile_video_predictor(predictor, "reduce-overhead")
+    engine = VideoSessionEngine(predictor, torch.device("cpu"), VideoLimits())
+    try:
+        assert engine._tracker.submit(has_state).result()
+    finally:
+        engine.close()
+
+
 def test_torch_compile_is_a_gpu_choice_of_the_video_config():
     """``torch_compile`` reaches the GPU config as a parameter model.py reads; an unknown mode
     and any compile on a CPU instance are refused before a config is written."""

@@ -41,9 +41,10 @@ import contextlib
 import functools
 import io
 import logging
+import threading
 import time
 import warnings
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -749,6 +750,24 @@ def _compiled(predictor) -> bool:
     return isinstance(predictor, SAM2VideoPredictorVOS)
 
 
+def _cudagraph_trees_of_this_thread() -> None:
+    """Give the calling thread torch.compile's per-thread CUDA graph state (cudagraph trees).
+    torch 2.11 (the H100's) makes it only in the thread that imported
+    ``torch._inductor.cudagraph_trees`` and in autograd's threads, and asserts in any other
+    (``get_obj``: ``assert torch._C._is_key_in_tls``); later versions make it on first use."""
+    from torch._inductor import cudagraph_trees
+
+    local = cudagraph_trees.local
+    if hasattr(local, "tree_manager_containers"):
+        return
+    initialize = getattr(cudagraph_trees, "_initialize_tls", None)
+    if initialize is not None:
+        initialize(local)
+        return
+    local.tree_manager_containers = {}
+    local.tree_manager_locks = defaultdict(threading.Lock)
+
+
 def _run_graphed(compiled, *args, **kwargs):
     """``compiled``'s outputs, copied out of its CUDA graph's memory. The tracker keeps
     outputs across frames (memories, pointers) and calls one network between another's
@@ -828,7 +847,11 @@ class VideoSessionEngine:
         # The tracker runs on one thread of its own, whichever thread calls: torch.compile's
         # CUDA graphs (cudagraph trees) and autocast are per thread, and a warm-up on
         # Triton's loading thread would not serve requests executed on another.
-        self._tracker = ThreadPoolExecutor(1, "video-tracker")
+        self._tracker = ThreadPoolExecutor(
+            1,
+            "video-tracker",
+            initializer=_cudagraph_trees_of_this_thread if _compiled(predictor) else None,
+        )
         # Compiled networks are made for each batch size: objects are batched in eager only
         # (a compiled instance would compile again for each new count of objects mid-video).
         self.object_batches = (
