@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import io
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -680,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with served(config, checkpoint, args.url, workdir) as (url, server):
                 report["server"] = server
                 report["results"] += run_served(config, url, frames)
+            if (workdir / "tritonserver.log").exists():  # the server's own log, kept beside
+                args.out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(workdir / "tritonserver.log", args.out / "tritonserver.log")
         if not args.no_engine:
             report["results"] += run_engine(config, checkpoint, frames)
         if not args.no_meta:
