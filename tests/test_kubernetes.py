@@ -297,6 +297,15 @@ def test_gpu_overlays_mount_the_tensorrt_cache_where_the_configs_point():
         assert cache_dir in mounts, overlay
 
 
+def test_gpu_pods_keep_the_video_compilers_caches_as_compose_does():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    container = triton_container("overlays/gpu")
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    for name, value in compose["services"]["triton"]["environment"].items():
+        assert env[name] == value and any(value.startswith(m + "/") for m in mounts), name
+
+
 @pytest.mark.parametrize("overlay", ["overlays/gpu", "overlays/cpu"])
 def test_triton_flags_match_compose(overlay):
     """The same locked-down server as docker-compose.yml (SECURITY.md)."""

@@ -490,6 +490,18 @@ def test_compose_trt_cache_is_a_named_volume_where_the_configs_point(compose):
                 assert acc.parameters["trt_engine_cache_path"].startswith(cache_dir + "/"), rel
 
 
+def test_compose_keeps_the_video_compilers_caches_in_the_cache_volume(compose):
+    """sam2_video compiles its tracker at load on a GPU (the default): torch.compile's and
+    Triton's caches are set to folders of the cache volume, so a restart reads them."""
+    service = compose["services"]["triton"]
+    cache_dir = model_config.RepositoryParams().trt_cache_dir
+    assert mounts(service)[cache_dir]["type"] == "volume"
+    assert model_config.VideoServing().torch_compile == "reduce-overhead"
+    env = service["environment"]
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        assert env[name].startswith(cache_dir + "/"), name
+
+
 def _seconds(value: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(value))
     assert m, f"unreadable duration {value!r}"

@@ -700,18 +700,56 @@ def test_a_compiled_engines_tracker_thread_has_its_own_cuda_graph_state(video_ch
         engine.close()
 
 
+def test_a_compilation_that_fails_at_the_warm_up_leaves_the_engine_eager(video_checkpoint):
+    """torch.compile can fail where a server runs (no C compiler for its kernels' launcher,
+    a GPU its kernels do not support): the warm-up then gives the compiled networks up, the
+    engine tracks with Meta's eager predictor, objects batched, and says why. (The failure
+    is forced: each compiled network raises what such a compiler error would.)"""
+    import torch
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    from sam2_triton.sessions.video import (
+        VideoLimits,
+        VideoSessionEngine,
+        compile_video_predictor,
+    )
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment")
+
+    predictor, batches = cpu_predictor(video_checkpoint)
+    compile_video_predictor(predictor, "reduce-overhead")
+    for name in ("image_encoder", "memory_encoder", "memory_attention"):
+        getattr(predictor, name).forward = no_compiler
+    engine = VideoSessionEngine(predictor, torch.device("cpu"), VideoLimits(feature_batch=4))
+    assert engine.compiled and engine.object_batches is None
+    assert engine.warm() > 0
+    assert engine.compile_error == (
+        "RuntimeError: Failed to find C compiler. Please specify via CC environment"
+    )
+    assert type(predictor) is SAM2VideoPredictor and not engine.compiled
+    for name in ("image_encoder", "memory_encoder", "memory_attention"):
+        assert "forward" not in vars(getattr(predictor, name))
+    assert engine.object_batches is not None
+    # The eager warm-up ran whole: the click, then 17 frames in batches of ≤ 4 (unpadded, as
+    # on a CPU; the first response of 16 frames holds frame 0 and 15 tracked ones).
+    assert batches[-6:] == [1, 4, 4, 4, 3, 2] and len(engine.store) == 0
+    engine.close()
+
+
 def test_torch_compile_is_a_gpu_choice_of_the_video_config():
-    """``torch_compile`` reaches the GPU config as a parameter model.py reads; an unknown mode
-    and any compile on a CPU instance are refused before a config is written."""
+    """``torch_compile`` reaches the GPU config as a parameter model.py reads, reduce-overhead
+    by default there, none on the CPU; an unknown mode and any compile on a CPU instance are
+    refused before a config is written."""
     from sam2_triton import model_config as mc
 
     gpu = mc.RepositoryParams(model_size="base_plus")
-    compiled = dataclasses.replace(
-        gpu, video=dataclasses.replace(gpu.video, torch_compile="reduce-overhead")
-    )
-    parameters = mc.video_config(compiled).parameters
-    assert parameters["torch_compile"].string_value == "reduce-overhead"
-    assert mc.video_config(gpu).parameters["torch_compile"].string_value == "none"
+    eager = dataclasses.replace(gpu, video=dataclasses.replace(gpu.video, torch_compile="none"))
+    parameters = mc.video_config(gpu).parameters
+    assert parameters["torch_compile"].string_value == "reduce-overhead"  # the GPU default
+    assert mc.video_config(eager).parameters["torch_compile"].string_value == "none"
+    cpu_defaults = mc.RepositoryParams.cpu_defaults("tiny")
+    assert mc.video_config(cpu_defaults).parameters["torch_compile"].string_value == "none"
     with pytest.raises(UserError, match="one of none, reduce-overhead"):
         dataclasses.replace(gpu.video, torch_compile="fast").check("gpu")
     cpu = mc.RepositoryParams.cpu_defaults("tiny").video

@@ -180,11 +180,14 @@ class VideoServing:
     requests do not pay for loading kernels and building plans (GPU: yes; CPU: no, where it
     only slows loading). ``torch_compile`` (GPU only) compiles the tracker's networks as
     Meta's ``SAM2VideoPredictorVOS`` does, in that ``torch.compile`` mode: ``max-autotune``
-    is Meta's own (its autotuning takes many minutes of loading), ``reduce-overhead`` keeps
-    the CUDA graphs that make the difference (twice the frames/s on the H100), ``none``
-    runs Meta's predictor in eager mode. With ``batch_objects`` a propagation tracks the
-    objects of a frame in one run of the tracker where their memories line up (Meta's
-    SAM2.1 tracks each alone; eager only: compiled graphs are made per batch size).
+    is Meta's own (its autotuning takes many minutes of loading), ``reduce-overhead`` (the
+    GPU default) keeps the CUDA graphs that make the difference (twice the frames/s on the
+    H100; the first load compiles for ~3 minutes, later loads read the compiler's cache),
+    ``none`` runs Meta's predictor in eager mode (as the CPU does). A compilation that fails
+    at the warm-up leaves the instance eager (its log says why). With ``batch_objects`` a
+    propagation tracks the objects of a frame in one run of the tracker where their
+    memories line up (Meta's SAM2.1 tracks each alone; eager only: compiled graphs are made
+    per batch size).
     """
 
     instance_count: int = 4
@@ -200,7 +203,7 @@ class VideoServing:
     max_mask_prompts: int = 16
     precision: str = "bfloat16"
     image_size: int = 0
-    torch_compile: str = "none"
+    torch_compile: str = "reduce-overhead"
     decode_threads: int = 4
     feature_batch: int = 8
     batch_objects: bool = True
@@ -297,7 +300,13 @@ class RepositoryParams:
                 max_batch_size=8, instance_count=2, max_sessions=16, warmup=False
             ),
             # One instance: on a CPU a frame takes seconds, two would only share the cores.
-            video=VideoServing(instance_count=1, max_frames=300, precision="float32", warmup=False),
+            video=VideoServing(
+                instance_count=1,
+                max_frames=300,
+                precision="float32",
+                torch_compile="none",
+                warmup=False,
+            ),
         )
 
 

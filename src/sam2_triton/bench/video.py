@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--torch-compile",
         choices=TORCH_COMPILE_MODES,
-        default="none",
         help="compile the tracker's networks as Meta's SAM2VideoPredictorVOS, in this "
-        "torch.compile mode, on every side (GPU; default %(default)s)",
+        "torch.compile mode, on every side (default: the config's, GPU "
+        f"{VideoServing.torch_compile}, CPU none)",
     )
     p.add_argument(
         "--vos-optimized",
@@ -184,7 +184,10 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
     precision = args.precision or ("bfloat16" if device == "gpu" else "float32")
-    if device == "cpu" and (precision != "float32" or args.torch_compile != "none"):
+    torch_compile = args.torch_compile or (
+        VideoServing.torch_compile if device == "gpu" else "none"
+    )
+    if device == "cpu" and (precision != "float32" or torch_compile != "none"):
         raise UserError("on the CPU the tracker runs float32, without --torch-compile")
     for flag in ("feature_batch", "engine_repeats"):
         if getattr(args, flag) < 1:
@@ -201,7 +204,7 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
         objects=_counts(args.objects, "objects"),
         videos=_counts(args.videos, "videos"),
         instances=args.instances,
-        torch_compile=args.torch_compile,
+        torch_compile=torch_compile,
         protocol=args.protocol,
         frames_per_request=args.frames_per_request,
         frames_per_response=args.frames_per_response,

@@ -719,6 +719,18 @@ def compile_video_predictor(predictor, mode: str) -> None:
         module.forward = functools.partial(_run_graphed, compiled)
 
 
+def uncompile_video_predictor(predictor) -> None:
+    """Undo :func:`compile_video_predictor` (or Meta's VOS compilation): Meta's eager
+    ``SAM2VideoPredictor`` again, each network with its class's own forward."""
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    for name, _ in _COMPILED:
+        module = getattr(predictor, name)
+        if "forward" in vars(module):
+            del module.forward
+    predictor.__class__ = SAM2VideoPredictor
+
+
 #: The networks a prompt runs with shapes of its own (points, boxes, masks): eager at prompts.
 _PROMPT_NETWORKS = ("sam_prompt_encoder", "sam_mask_decoder")
 
@@ -857,6 +869,9 @@ class VideoSessionEngine:
         self.object_batches = (
             ObjectBatches(predictor) if limits.batch_objects and not _compiled(predictor) else None
         )
+        #: Why the compiled networks were given up at the warm-up (then the tracker runs
+        #: eager), or None.
+        self.compile_error: str | None = None
         if precision == "bfloat16":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -864,6 +879,11 @@ class VideoSessionEngine:
             predictor.memory_attention.register_forward_pre_hook(
                 _memory_in_float32, with_kwargs=True
             )
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the tracker's networks run compiled (``torch_compile``, not given up)."""
+        return _compiled(self.predictor)
 
     def state_bytes(self) -> tuple[int, int]:
         """``(device, host)`` bytes one video may hold at this instance's limits."""
@@ -900,13 +920,30 @@ class VideoSessionEngine:
 
     def _warm(self) -> float:
         t0 = time.perf_counter()
-        for _ in range(2 if _compiled(self.predictor) else 1):
+        if _compiled(self.predictor):
+            try:
+                for _ in range(2):
+                    self._track_blank_video()
+            except Exception as e:  # noqa: BLE001 - any compiler failure: serve eager instead
+                self._give_up_compiling(e)
+        if not _compiled(self.predictor):
             self._track_blank_video()
         if self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
+
+    def _give_up_compiling(self, error: Exception) -> None:
+        """The tracker's compilation failed (torch.compile needs a C compiler and Triton's
+        kernels for the GPU at hand): run Meta's eager predictor instead, objects batched as
+        the limits say, and say why in ``compile_error``."""
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        self.compile_error = f"{type(error).__name__}: {first_line}"
+        log.warning("torch.compile failed, the tracker runs eager: %s", self.compile_error)
+        uncompile_video_predictor(self.predictor)
+        if self.limits.batch_objects:
+            self.object_batches = ObjectBatches(self.predictor)
 
     def _track_blank_video(self) -> None:
         s = self.image_size

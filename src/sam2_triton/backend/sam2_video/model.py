@@ -144,6 +144,11 @@ class TritonPythonModel:
             warmed = ""
             if parameter(config, "warmup", "false") == "true":
                 warmed = f"; warmed up in {self.engine.warm():.1f} s"
+            if self.engine.compile_error:
+                log.log_warn(
+                    f"{self.name}: torch.compile failed, tracking runs eager: "
+                    f"{self.engine.compile_error}"
+                )
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
         # Expired videos are freed even when no request comes.
@@ -159,7 +164,8 @@ class TritonPythonModel:
         holes = "" if hole_filling_available() else "; no hole filling (sam2._C is missing)"
         log.log_info(
             f"{self.name}: {kind} instance {device_id} on {device}, SAM2.1 {size.name} at "
-            f"{self.engine.image_size} px, {self.engine.precision}{holes}; "
+            f"{self.engine.image_size} px, {self.engine.precision}, "
+            f"{'compiled' if self.engine.compiled else 'eager'}{holes}; "
             f"{bound_summary(self.engine)}; idle timeout {limits.idle_timeout_s:g} s{warmed}"
         )
 
