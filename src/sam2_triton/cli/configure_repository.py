@@ -43,8 +43,9 @@ VIDEO_FLAGS = {
     "torch_compile": (
         "torch_compile",
         str,
-        "none, or the torch.compile mode of the tracker's networks (GPU: reduce-overhead, "
-        "twice the frames/s; max-autotune is Meta's VOS, minutes of autotuning at load)",
+        "none, or the torch.compile mode of the tracker's networks (GPU default: "
+        "reduce-overhead, twice the frames/s, minutes of compiling at the first load; "
+        "max-autotune is Meta's VOS, many more minutes of autotuning)",
     ),
 }
 
