@@ -333,6 +333,17 @@ def track_one_video(
     }
 
 
+def device_memory_used_mib(device: str) -> int | None:
+    """MiB in use on GPU 0 by every process (the server's instances included, and this
+    process's own CUDA context), or None on the CPU."""
+    if device != "gpu":
+        return None
+    import torch
+
+    free, total = torch.cuda.mem_get_info(0)
+    return (total - free) >> 20
+
+
 def run_served(config: VideoBenchConfig, url: str, frames: list[bytes]) -> list[dict]:
     """Each case through the client; beside the client's figures, Triton's own statistics of
     ``sam2_video`` over the case (:func:`~sam2_triton.bench.triton.server_breakdown`: mean
@@ -683,7 +694,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_served:
             with served(config, checkpoint, args.url, workdir) as (url, server):
                 report["server"] = server
+                loaded = device_memory_used_mib(config.device)
                 report["results"] += run_served(config, url, frames)
+                if loaded is not None:  # a GPU: what the instances hold, loaded and after
+                    after = device_memory_used_mib(config.device)
+                    server["device_memory_used_mib"] = {"loaded": loaded, "after": after}
             if (workdir / "tritonserver.log").exists():  # the server's own log, kept beside
                 args.out.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(workdir / "tritonserver.log", args.out / "tritonserver.log")
