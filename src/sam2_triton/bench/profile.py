@@ -20,9 +20,11 @@ For one model size, on the exported graphs the servers run (the encoder's fused
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -281,8 +283,11 @@ def torch_eager(
     decoder_batches,
     iterations: int,
     min_time_s: float,
+    compile_modes: Sequence[str] = (),
 ) -> list[dict]:
-    """Meta's modules in PyTorch eager, FP16 autocast on a GPU (FP32 on the CPU)."""
+    """Meta's modules in PyTorch eager, FP16 autocast on a GPU (FP32 on the CPU); then, for
+    each of ``compile_modes``, the same modules through ``torch.compile`` in that mode
+    (static shapes: one compilation per batch size, done in the untimed warm-up runs)."""
     import torch
 
     from sam2_triton import export
@@ -290,26 +295,32 @@ def torch_eager(
 
     model = export.load_sam2(get_model_size(model_size), checkpoint).to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else None
+    modules = {"encoder": export.image_encoder(model), "decoder": export.prompt_decoder(model)}
     rows = []
-    with torch.no_grad():
-        for name, module, batches in (
-            ("encoder", export.image_encoder(model), encoder_batches),
-            ("decoder", export.prompt_decoder(model), decoder_batches),
-        ):
+    for mode in ("eager", *compile_modes):
+        for name, batches in (("encoder", encoder_batches), ("decoder", decoder_batches)):
+            module = modules[name]
+            if mode != "eager":
+                module = torch.compile(module, mode=mode, dynamic=False)
             for batch in batches:
                 feed, _ = model_feeds(name, batch, device)
                 args = [feed[n] for n in (["image"] if name == "encoder" else feed)]
 
                 def call(module=module, args=args):
-                    if autocast is None:
-                        return module(*args)
-                    with autocast:
+                    # Each call a new step of the compiled CUDA graphs (reduce-overhead),
+                    # whose outputs the next replay may overwrite: nothing here keeps them.
+                    torch.compiler.cudagraph_mark_step_begin()
+                    with torch.no_grad(), autocast or contextlib.nullcontext():
                         return module(*args)
 
+                started = time.perf_counter()
                 stats = time_call(call, device, iterations, 3, min_time_s)
-                rows.append({"runtime": "pytorch eager", "model": name, "batch": batch, **stats})
+                row = {"runtime": f"pytorch {mode}", "model": name, "batch": batch, **stats}
+                if mode != "eager":  # the warm-up's compilation included
+                    row["seconds_with_compilation"] = round(time.perf_counter() - started, 1)
                 if device.type == "cuda":
-                    rows[-1]["kernels"] = kernel_profile(call, device)
+                    row["kernels"] = kernel_profile(call, device)
+                rows.append(row)
     return rows
 
 
@@ -323,6 +334,7 @@ def profile(
     iterations: int = 20,
     min_time_s: float = 1.0,
     torch_baseline: bool = True,
+    torch_compile_modes: Sequence[str] = (),
 ) -> dict:
     """Everything of the module docstring, as one JSON-ready report."""
     import torch
@@ -371,6 +383,7 @@ def profile(
             decoder_batches,
             iterations,
             min_time_s,
+            torch_compile_modes,
         )
     per = {
         "encoder": report["flops"]["encoder_gflop_per_image"],

@@ -34,7 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-batches", type=_ints, default=(1, 64))
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per case at least")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
+    p.add_argument(
+        "--torch-compile",
+        type=lambda text: tuple(m for m in text.split(",") if m),
+        default=(),
+        metavar="MODES",
+        help="also PyTorch through torch.compile in each of these modes (comma-separated, "
+        "e.g. reduce-overhead,max-autotune-no-cudagraphs; GPU)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     return p
 
@@ -57,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.iterations,
         args.min_time,
         not args.no_torch,
+        args.torch_compile,
     )
     write_text_atomic(args.out / "profile.json", json.dumps(report, indent=2) + "\n")
     text = prof.markdown(report)
