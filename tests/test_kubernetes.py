@@ -297,9 +297,10 @@ def test_gpu_overlays_mount_the_tensorrt_cache_where_the_configs_point():
         assert cache_dir in mounts, overlay
 
 
-def test_gpu_pods_keep_the_video_compilers_caches_as_compose_does():
+@pytest.mark.parametrize("overlay", ["overlays/gpu", "overlays/kserve"])
+def test_gpu_pods_keep_the_video_compilers_caches_as_compose_does(overlay):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    container = triton_container("overlays/gpu")
+    container = triton_container(overlay)
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     for name, value in compose["services"]["triton"]["environment"].items():

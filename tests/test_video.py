@@ -722,19 +722,21 @@ def test_a_compilation_that_fails_at_the_warm_up_leaves_the_engine_eager(video_c
     for name in ("image_encoder", "memory_encoder", "memory_attention"):
         getattr(predictor, name).forward = no_compiler
     engine = VideoSessionEngine(predictor, torch.device("cpu"), VideoLimits(feature_batch=4))
-    assert engine.compiled and engine.object_batches is None
-    assert engine.warm() > 0
-    assert engine.compile_error == (
-        "RuntimeError: Failed to find C compiler. Please specify via CC environment"
-    )
-    assert type(predictor) is SAM2VideoPredictor and not engine.compiled
-    for name in ("image_encoder", "memory_encoder", "memory_attention"):
-        assert "forward" not in vars(getattr(predictor, name))
-    assert engine.object_batches is not None
-    # The eager warm-up ran whole: the click, then 17 frames in batches of ≤ 4 (unpadded, as
-    # on a CPU; the first response of 16 frames holds frame 0 and 15 tracked ones).
-    assert batches[-6:] == [1, 4, 4, 4, 3, 2] and len(engine.store) == 0
-    engine.close()
+    try:
+        assert engine.compiled and engine.object_batches is None
+        assert engine.warm() > 0
+        assert engine.compile_error == (
+            "RuntimeError: Failed to find C compiler. Please specify via CC environment"
+        )
+        assert type(predictor) is SAM2VideoPredictor and not engine.compiled
+        for name in ("image_encoder", "memory_encoder", "memory_attention"):
+            assert "forward" not in vars(getattr(predictor, name))
+        assert engine.object_batches is not None
+        # The eager warm-up ran whole: the click, then 17 frames in batches of ≤ 4 (unpadded,
+        # as on a CPU; the first response of 16 frames holds frame 0 and 15 tracked ones).
+        assert batches[-6:] == [1, 4, 4, 4, 3, 2] and len(engine.store) == 0
+    finally:
+        engine.close()
 
 
 def test_torch_compile_is_a_gpu_choice_of_the_video_config():
@@ -755,6 +757,8 @@ def test_torch_compile_is_a_gpu_choice_of_the_video_config():
     cpu = mc.RepositoryParams.cpu_defaults("tiny").video
     with pytest.raises(UserError, match="without torch.compile"):
         dataclasses.replace(cpu, torch_compile="reduce-overhead").check("cpu")
+    with pytest.raises(UserError, match="needs the warm-up"):  # it compiles there
+        dataclasses.replace(gpu.video, warmup=False).check("gpu")
 
 
 # --- the CLI and the export -------------------------------------------------------------------

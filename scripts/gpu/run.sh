@@ -88,12 +88,12 @@ served)
     # The GPU configs as generated for SIZE (TensorRT asked for; without its libraries the
     # backend runs the CUDA EP and the encoder's fused model.cuda.onnx), changed by
     # $CONFIGURE_FLAGS if set (e.g. "--session-instances 1"); results go to $OUT/*_$NAME.
-    # Unset, sam2_video stays eager: its default compilation would spend 3-4 minutes of the
-    # device call loading a model this step does not measure (set CONFIGURE_FLAGS="" to
-    # serve the default configs exactly, e.g. for their GPU memory).
+    # sam2_video stays eager: its default compilation would spend 3-4 minutes of the device
+    # call loading a model this step does not measure (CONFIGURE_FLAGS="--video-torch-compile
+    # reduce-overhead" serves the default configs exactly, e.g. for their GPU memory).
     # shellcheck disable=SC2086  # the flags are words
     python3 scripts/configure_repository.py --repository "$repo" --model "$size" \
-        ${CONFIGURE_FLAGS---video-torch-compile none} >/dev/null
+        --video-torch-compile none ${CONFIGURE_FLAGS:-} >/dev/null
     NAME=${NAME:-$size}
     log="$OUT/server_$NAME.log"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader >"$OUT/memory_$NAME.txt"

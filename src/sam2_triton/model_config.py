@@ -232,6 +232,9 @@ class VideoServing:
             )
         if device == "cpu" and (self.precision != "float32" or self.torch_compile != "none"):
             raise UserError("the CPU video model runs float32 without torch.compile")
+        if self.torch_compile != "none" and not self.warmup:
+            # The compilation (minutes) belongs at load, where a failure falls back to eager.
+            raise UserError("video torch_compile needs the warm-up: it compiles there")
         if self.image_size and (self.image_size < 64 or self.image_size % 16):
             raise UserError(
                 f"video image_size must be a multiple of 16, ≥ 64 (or 0), not " f"{self.image_size}"

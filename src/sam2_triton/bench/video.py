@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TORCH_COMPILE_MODES,
         help="compile the tracker's networks as Meta's SAM2VideoPredictorVOS, in this "
         "torch.compile mode, on every side (default: the config's, GPU "
-        f"{VideoServing.torch_compile}, CPU none)",
+        f"{VideoServing.torch_compile}, CPU and --quick none)",
     )
     p.add_argument(
         "--vos-optimized",
@@ -184,8 +184,9 @@ def config_from_args(args: argparse.Namespace) -> VideoBenchConfig:
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
     precision = args.precision or ("bfloat16" if device == "gpu" else "float32")
+    compiled_by_default = device == "gpu" and not args.quick  # --quick: a smoke run
     torch_compile = args.torch_compile or (
-        VideoServing.torch_compile if device == "gpu" else "none"
+        VideoServing.torch_compile if compiled_by_default else "none"
     )
     if device == "cpu" and (precision != "float32" or torch_compile != "none"):
         raise UserError("on the CPU the tracker runs float32, without --torch-compile")
@@ -249,9 +250,10 @@ def object_clicks(objects: int, height: int, width: int) -> list[list[float]]:
 
 
 @contextlib.contextmanager
-def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir: Path):
+def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir: Path, out: Path):
     """``(url, description)`` of the server to measure: ``url`` as it is, or an embedded
-    Triton with ``sam2_video`` alone, configured from ``config``."""
+    Triton with ``sam2_video`` alone, configured from ``config``, whose log is copied to
+    ``out/tritonserver.log`` when it stops (also when it never got ready)."""
     if url is not None:
         yield url, {"url": url, "started_here": False}
         return
@@ -300,6 +302,8 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
             }
         finally:
             server.stop()
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, out / "tritonserver.log")
 
 
 def track_one_video(
@@ -692,16 +696,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = args.checkpoint or _random_checkpoint(config.model, workdir)
         frames = make_frames(config.frames, config.height, config.width)
         if not args.no_served:
-            with served(config, checkpoint, args.url, workdir) as (url, server):
+            with served(config, checkpoint, args.url, workdir, args.out) as (url, server):
                 report["server"] = server
                 loaded = device_memory_used_mib(config.device)
                 report["results"] += run_served(config, url, frames)
                 if loaded is not None:  # a GPU: what the instances hold, loaded and after
                     after = device_memory_used_mib(config.device)
                     server["device_memory_used_mib"] = {"loaded": loaded, "after": after}
-            if (workdir / "tritonserver.log").exists():  # the server's own log, kept beside
-                args.out.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(workdir / "tritonserver.log", args.out / "tritonserver.log")
         if not args.no_engine:
             report["results"] += run_engine(config, checkpoint, frames)
         if not args.no_meta:

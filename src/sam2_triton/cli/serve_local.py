@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exit-timeout", type=int, default=10, help="seconds to drain requests when stopped"
     )
-    p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for readiness")
+    # A GPU repository's first start compiles sam2_video's tracker (about 4 minutes).
+    p.add_argument("--ready-timeout", type=float, default=900, help="seconds to wait for readiness")
     s = p.add_argument_group(
         "supervision",
         "When tritonserver or one of its python stubs dies, or a model fails its health probe "

@@ -938,10 +938,25 @@ class VideoSessionEngine:
         """The tracker's compilation failed (torch.compile needs a C compiler and Triton's
         kernels for the GPU at hand): run Meta's eager predictor instead, objects batched as
         the limits say, and say why in ``compile_error``."""
-        first_line = (str(error).strip().splitlines() or [""])[0][:300]
-        self.compile_error = f"{type(error).__name__}: {first_line}"
-        log.warning("torch.compile failed, the tracker runs eager: %s", self.compile_error)
+        import gc
+
+        import torch
+
+        # torch.compile wraps the compiler's own error (BackendCompilerFailed: "backend=
+        # 'inductor' raised:"): the inner one says what is missing.
+        cause = getattr(error, "inner_exception", None) or error
+        first_line = (str(cause).strip().splitlines() or [""])[0][:300]
+        self.compile_error = f"{type(cause).__name__}: {first_line}"
+        log.warning(
+            "torch.compile failed, the tracker runs eager: %s", self.compile_error, exc_info=error
+        )
         uncompile_video_predictor(self.predictor)
+        # Free what the compilation holds (its code and, on this thread, the CUDA graphs'
+        # memory pool): not part of the instance's bound.
+        torch._dynamo.reset()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
         if self.limits.batch_objects:
             self.object_batches = ObjectBatches(self.predictor)
 
