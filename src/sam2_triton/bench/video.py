@@ -337,17 +337,6 @@ def track_one_video(
     }
 
 
-def device_memory_used_mib(device: str) -> int | None:
-    """MiB in use on GPU 0 by every process (the server's instances included, and this
-    process's own CUDA context), or None on the CPU."""
-    if device != "gpu":
-        return None
-    import torch
-
-    free, total = torch.cuda.mem_get_info(0)
-    return (total - free) >> 20
-
-
 def run_served(config: VideoBenchConfig, url: str, frames: list[bytes]) -> list[dict]:
     """Each case through the client; beside the client's figures, Triton's own statistics of
     ``sam2_video`` over the case (:func:`~sam2_triton.bench.triton.server_breakdown`: mean
@@ -675,6 +664,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sam2_triton.bench.ort import device_memory_used_mb
     from sam2_triton.bench.report import write_json
     from sam2_triton.bench.suite import machine_info, versions
     from sam2_triton.files import write_text_atomic
@@ -698,10 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_served:
             with served(config, checkpoint, args.url, workdir, args.out) as (url, server):
                 report["server"] = server
-                loaded = device_memory_used_mib(config.device)
+                loaded = device_memory_used_mb() if config.device == "gpu" else None
                 report["results"] += run_served(config, url, frames)
                 if loaded is not None:  # a GPU: what the instances hold, loaded and after
-                    after = device_memory_used_mib(config.device)
+                    after = device_memory_used_mb()
                     server["device_memory_used_mib"] = {"loaded": loaded, "after": after}
         if not args.no_engine:
             report["results"] += run_engine(config, checkpoint, frames)

@@ -864,11 +864,7 @@ class VideoSessionEngine:
             "video-tracker",
             initializer=_cudagraph_trees_of_this_thread if _compiled(predictor) else None,
         )
-        # Compiled networks are made for each batch size: objects are batched in eager only
-        # (a compiled instance would compile again for each new count of objects mid-video).
-        self.object_batches = (
-            ObjectBatches(predictor) if limits.batch_objects and not _compiled(predictor) else None
-        )
+        self.object_batches = self._object_batches()
         #: Why the compiled networks were given up at the warm-up (then the tracker runs
         #: eager), or None.
         self.compile_error: str | None = None
@@ -879,6 +875,14 @@ class VideoSessionEngine:
             predictor.memory_attention.register_forward_pre_hook(
                 _memory_in_float32, with_kwargs=True
             )
+
+    def _object_batches(self) -> ObjectBatches | None:
+        """What batches a propagation's objects: none where the limits say so, nor for a
+        compiled predictor, whose networks are made for each batch size (it would compile
+        again for each new count of objects mid-video)."""
+        if self.limits.batch_objects and not self.compiled:
+            return ObjectBatches(self.predictor)
+        return None
 
     @property
     def compiled(self) -> bool:
@@ -957,8 +961,7 @@ class VideoSessionEngine:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if self.limits.batch_objects:
-            self.object_batches = ObjectBatches(self.predictor)
+        self.object_batches = self._object_batches()
 
     def _track_blank_video(self) -> None:
         s = self.image_size
