@@ -97,17 +97,24 @@ def assert_same(masks: np.ndarray, iou, low_res, ref) -> None:
 # --- in-process: the engine itself ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_repository):
+@pytest.fixture(scope="module", params=["onnxruntime", "pytorch"])
+def engine(request, tiny_repository, tiny_checkpoint):
+    """The engine on the exported ONNX files, and on the PyTorch modules they are traced
+    from (``TorchNetworks``, eager on the CPU)."""
     import torch
 
     from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
+    from sam2_triton.sessions.torch_networks import TorchNetworks
 
+    networks = None
+    if request.param == "pytorch":
+        networks = TorchNetworks("tiny", tiny_checkpoint)
     return ImageSessionEngine(
         tiny_repository / "sam2_encoder" / "1" / "model.onnx",
         tiny_repository / "sam2_decoder" / "1" / "model.onnx",
         torch.device("cpu"),
         SessionLimits(max_sessions=4),
+        torch_networks=networks,
     )
 
 
@@ -262,6 +269,113 @@ def test_bucketed_decoder_pads_batches_and_keeps_each_rows_answer(tiny_repositor
         for name in want:
             assert got[name].shape == expected[name].shape == want[name]
             assert torch.allclose(got[name], expected[name], atol=1e-4), (k, name)
+
+
+def decoder_feed(batch: int, points: int, seed: int = 0) -> dict:
+    """Random decoder inputs (``batch`` rows of ``points`` points) as torch tensors."""
+    import torch
+
+    from sam2_triton.sessions.image import decoder_shapes
+
+    g = torch.Generator().manual_seed(seed)
+    inputs, _ = decoder_shapes(points)
+    feed = {n: torch.randn((batch, *s), generator=g) for n, s in inputs.items()}
+    feed["point_labels"] = torch.ones((batch, points))
+    feed["has_mask_input"] = torch.zeros((batch, 1))
+    return feed
+
+
+def test_pytorch_decoder_pads_batches_and_keeps_each_rows_answer(tiny_checkpoint):
+    """``TorchModuleSession`` with buckets: three rows run padded to four; each row's answer
+    equals that row run alone; the outputs are float32 and only those asked for."""
+    import torch
+
+    from sam2_triton.sessions.image import decoder_shapes
+    from sam2_triton.sessions.torch_networks import TorchNetworks
+
+    _, decoder = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(
+        torch.device("cpu"), decode_buckets=(1, 2, 4)
+    )
+    feed = decoder_feed(3, 2)
+    _, outputs = decoder_shapes(2)
+    asked = {n: (3, *outputs[n]) for n in ("masks", "iou_predictions")}
+    together = decoder.run(feed, asked)
+    assert set(together) == set(asked)
+    for name, shape in asked.items():
+        assert together[name].shape == shape and together[name].dtype == torch.float32
+    for row in range(3):
+        alone = decoder.run({n: v[row : row + 1] for n, v in feed.items()}, asked)
+        for name in asked:
+            assert torch.allclose(together[name][row], alone[name][0], atol=1e-4)
+
+
+def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, monkeypatch):
+    """A ``torch.compile`` that fails (here: no C compiler, forced) answers the run eager,
+    says why in ``compile_error`` and the providers, and never tries again."""
+    import torch
+
+    from sam2_triton.sessions.torch_networks import TorchModuleSession, TorchNetworks
+
+    calls = []
+
+    def broken_compile(module, **_options):
+        def compiled(*_args):
+            calls.append(1)
+            raise RuntimeError("Failed to find C compiler. Please specify via CC")
+
+        return compiled
+
+    _, eager = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu"))
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    decoder = TorchModuleSession(
+        eager.module,
+        eager.input_names,
+        eager.output_names,
+        torch.device("cpu"),
+        compile_mode="default",
+    )
+    assert decoder.providers == ["PyTorch cpu fp32 torch.compile default"]
+    feed = decoder_feed(1, 2)
+    asked = {"masks": (1, 1, 256, 256)}
+    for _ in range(2):
+        answer = decoder.run(feed, asked)
+        assert torch.equal(answer["masks"], eager.run(feed, asked)["masks"])
+    assert len(calls) == 1 and "C compiler" in decoder.compile_error
+    assert decoder.providers == ["PyTorch cpu fp32 eager"]
+
+
+def test_the_session_runtime_is_a_config_choice():
+    """``runtime`` and ``torch_compile`` reach sam2_session's config (with the checkpoint's
+    place for the pytorch runtime); ONNX Runtime eager by default; a compile needs the
+    pytorch runtime on a GPU and the warm-up; configure_repository sets both."""
+    from sam2_triton import model_config as mc
+    from sam2_triton.cli.configure_repository import build_parser, params_from_args
+
+    gpu = mc.RepositoryParams(model_size="base_plus")
+    parameters = mc.session_config(gpu).parameters
+    assert parameters["runtime"].string_value == "onnxruntime"
+    assert parameters["torch_compile"].string_value == "none"
+    assert parameters["weights"].string_value == "sam2_video/1/model.pt"
+    assert parameters["precision"].string_value == "fp16"
+    session = gpu.session
+    for wrong, message in (
+        (dict(runtime="tensorrt"), "runtime must be one of onnxruntime, pytorch"),
+        (dict(torch_compile="reduce-overhead"), "torch_compile must be one of none, default"),
+        (dict(torch_compile="default"), "needs the pytorch runtime on a GPU"),
+        (dict(runtime="pytorch", torch_compile="default", warmup=False), "needs the warm-up"),
+    ):
+        with pytest.raises(UserError, match=message):
+            dataclasses.replace(session, **wrong).check("gpu")
+    compiled = dataclasses.replace(session, runtime="pytorch", torch_compile="default")
+    compiled.check("gpu")
+    with pytest.raises(UserError, match="on a GPU"):
+        compiled.check("cpu")
+    args = build_parser().parse_args(
+        ["--session-runtime", "pytorch", "--session-torch-compile", "default"]
+    )
+    changed, cpu = params_from_args(args)
+    assert (changed.session.runtime, changed.session.torch_compile) == ("pytorch", "default")
+    assert cpu.session.runtime == "onnxruntime"
 
 
 def test_arena_shrinks_on_the_first_small_run_after_large_ones(tiny_repository):
@@ -602,21 +716,22 @@ MMAP_THRESHOLD = ("MALLOC_MMAP_THRESHOLD_", "131072")
 
 
 @pytest.fixture(scope="module")
-def small_server(tiny_repository, tmp_path_factory):
-    """A repository of sam2_session alone (one instance, at most 2 sessions) that reads the
-    encoder and decoder of ``tiny_repository`` (absolute model folders in its
-    ``encoder_model``/``decoder_model`` parameters)."""
+def small_server(tiny_repository, tiny_checkpoint, tmp_path_factory):
+    """A repository of sam2_session alone (one instance, at most 2 sessions) whose networks
+    run in PyTorch (``runtime`` pytorch) on ``tiny_checkpoint`` (an absolute ``weights``
+    path). The ``triton_server`` serves the ONNX Runtime one."""
     from sam2_triton import model_config as mc
     from sam2_triton.server import EmbeddedTriton, free_port
 
     params = mc.RepositoryParams.cpu_defaults("tiny")
     params = dataclasses.replace(
         params,
-        session=mc.SessionServing(max_batch_size=2, instance_count=1, max_sessions=2),
+        session=mc.SessionServing(
+            max_batch_size=2, instance_count=1, max_sessions=2, runtime="pytorch"
+        ),
     )
     config = mc.session_config(params)
-    for role in ("encoder", "decoder"):
-        config.parameters[f"{role}_model"].string_value = str(tiny_repository / f"sam2_{role}")
+    config.parameters["weights"].string_value = str(tiny_checkpoint)
     repo = tmp_path_factory.mktemp("small_repository")
     write_text_atomic(repo / mc.SESSION / "config.pbtxt", mc.to_text(config))
     (repo / mc.SESSION / "1").mkdir()
@@ -627,8 +742,8 @@ def small_server(tiny_repository, tmp_path_factory):
         metrics_port=free_port(),
         exit_timeout_s=5,
     )
-    # ONNX Runtime's arena still keeps its peak, as it does in production. The instance logs
-    # where its time goes every 2 executions (the diagnostic SETUP.md describes).
+    # The instance logs where its time goes every 2 executions (the diagnostic SETUP.md
+    # describes).
     with pytest.MonkeyPatch.context() as env:
         env.setenv(*MMAP_THRESHOLD)
         env.setenv("SAM2_TRITON_STAGE_LOG_EVERY", "2")
@@ -674,6 +789,18 @@ def test_the_instance_warmed_up_at_load_and_kept_nothing(small_server, engine):
     held = len(engine.store)
     assert engine.warm() > 0
     assert len(engine.store) == held and WARM_UP_SESSION not in engine.store
+
+
+def test_pytorch_runtime_session_equals_predictor(small_server, reference, photos):
+    """Served with the PyTorch runtime (gRPC), every step of a session equals Meta's."""
+    image = photos["chelsea"]
+    lines = small_server.log_path.read_text().splitlines()
+    assert any("PyTorch cpu fp32 eager; the PyTorch modules" in line for line in lines)
+    with Sam2Client(small_server.grpc_url, "grpc") as client:
+        predictions = session_steps(client, image, jpeg_bytes(image, 100))
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg_bytes(image, 100))).convert("RGB"))
+    for pred, ref in zip(predictions, reference_steps(reference, "chelsea.jpg", decoded)):
+        assert_same(pred.masks, pred.iou_predictions, pred.low_res_logits, ref)
 
 
 def test_oldest_idle_session_is_evicted_and_the_client_restarts_it(small_server, photos):

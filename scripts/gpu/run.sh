@@ -13,6 +13,8 @@
 #   bash scripts/gpu/run.sh served SIZE [flags]    # serve_local.py (GPU configs) + benchmark
 #                                                   # (env CONFIGURE_FLAGS, NAME: see the step)
 #   bash scripts/gpu/run.sh numpy1 N               # numpy 1.26 from .carryN (see the step)
+#   bash scripts/gpu/run.sh export_pinned SIZE     # exports on cores 8-15, in the background
+#   bash scripts/gpu/run.sh runtimes SIZE V...     # scripts/gpu/session_runtimes.py per variant
 #   bash scripts/gpu/run.sh video [flags]          # scripts/benchmark_video.py (start none)
 #   bash scripts/gpu/run.sh status
 # Results go to $OUT (the device tool brings them back).
@@ -119,6 +121,39 @@ served)
     wait $server || true
     cat "$OUT/memory_$NAME.txt"
     [ -f "$OUT/served_$NAME/results.md" ] && tail -n 45 "$OUT/served_$NAME/results.md"
+    ;;
+runtimes)
+    # scripts/gpu/session_runtimes.py: one session engine in process per variant given
+    # (onnxruntime, or pytorch:MODE with MODE none, default, ...), each in a fresh process
+    # (pinned to cores 0-7: an export may run beside it), then each pair's answers compared.
+    size=$1
+    shift
+    mkdir -p "$W/sr"
+    for v in "$@"; do
+        if [ "$v" = onnxruntime ]; then
+            wait_for "$size"
+            flags=(--runtime onnxruntime)
+        else
+            flags=(--runtime pytorch --torch-compile "${v#pytorch:}")
+        fi
+        timeout "${RUNTIME_TIMEOUT:-360}" taskset -c 0-7 python3 scripts/gpu/session_runtimes.py \
+            --model "$size" --repository "$W/$size/fp16" --checkpoint "$W/ckpt/$size.pt" \
+            "${flags[@]}" --out "$W/sr/${v/:/_}.jsonl" 2>&1 | grep -vi warn | tail -4 || true
+    done
+    for a in "$W"/sr/*.npz; do
+        for b in "$W"/sr/*.npz; do
+            if [[ "$a" < "$b" ]]; then python3 scripts/gpu/session_runtimes.py --compare "$a" "$b"; fi
+        done
+    done | tee "$W/sr/compare.jsonl"
+    cp "$W"/sr/* "$OUT/"
+    ;;
+export_pinned)
+    # The exports of SIZE in the background on cores 8-15 (beside a measurement on 0-7).
+    mkdir -p "$W/ckpt"
+    [ -f "$W/ckpt/$1.pt" ] || python3 scripts/make_random_checkpoint.py --model "$1" --out "$W/ckpt/$1.pt"
+    setsid nohup taskset -c 8-15 python3 scripts/gpu/export_all.py --out "$W" --sizes "$1" \
+        >"$W/export.log" 2>&1 </dev/null &
+    sleep 2
     ;;
 numpy1)
     # The machine's numpy 2 breaks the embedded stub's string tensors (the video's frames):

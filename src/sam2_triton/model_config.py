@@ -112,6 +112,17 @@ class ModelServing:
     max_queue_size: int = 256
 
 
+#: ``SessionServing.runtime``: what runs the session's networks. ``onnxruntime``: the
+#: repository's exported graphs (``sam2_encoder``/``sam2_decoder``); ``pytorch``: the modules
+#: those graphs are traced from, on the checkpoint ``sam2_video`` serves (``weights``).
+SESSION_RUNTIMES = ("onnxruntime", "pytorch")
+#: ``SessionServing.torch_compile``: none, or a ``torch.compile`` mode without CUDA graphs
+#: (the session's networks capture their own, one per padded shape).
+SESSION_COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
+#: Where ``sam2_session`` finds the checkpoint for the pytorch runtime, in the repository.
+SESSION_WEIGHTS = "sam2_video/1/model.pt"
+
+
 @dataclass(frozen=True)
 class SessionServing:
     """How ``sam2_session`` is scheduled and what each of its instances keeps.
@@ -127,6 +138,8 @@ class SessionServing:
     beyond it new sessions wait for one to end or expire. With ``warmup`` each instance
     starts, clicks and ends one session on a blank image at load, so that its first user does
     not wait for kernels and plans to load (GPU: yes; CPU: no, where it only slows loading).
+    ``runtime`` runs the networks (:data:`SESSION_RUNTIMES`); with ``pytorch``,
+    ``torch_compile`` (GPU only, at the warm-up) compiles them in that mode.
     """
 
     max_batch_size: int = 16
@@ -139,8 +152,24 @@ class SessionServing:
     max_image_bytes: int = 64 << 20
     max_encode_batch: int = 8
     warmup: bool = True
+    runtime: str = "onnxruntime"
+    torch_compile: str = "none"
 
-    def check(self) -> None:
+    def check(self, device: str = "gpu") -> None:
+        if self.runtime not in SESSION_RUNTIMES:
+            raise UserError(
+                f"session runtime must be one of {', '.join(SESSION_RUNTIMES)}, "
+                f"not {self.runtime!r}"
+            )
+        if self.torch_compile not in SESSION_COMPILE_MODES:
+            raise UserError(
+                f"session torch_compile must be one of {', '.join(SESSION_COMPILE_MODES)}, "
+                f"not {self.torch_compile!r}"
+            )
+        if self.torch_compile != "none" and (self.runtime != "pytorch" or device == "cpu"):
+            raise UserError("session torch_compile needs the pytorch runtime on a GPU")
+        if self.torch_compile != "none" and not self.warmup:
+            raise UserError("session torch_compile needs the warm-up: it compiles there")
         if min(self.max_batch_size, self.instance_count, self.max_sessions) < 1:
             raise UserError("session batch size, instances and max_sessions must be ≥ 1")
         if self.max_sessions < self.max_batch_size:
@@ -285,7 +314,7 @@ class RepositoryParams:
                 raise UserError("preferred batch sizes must lie in 1..max_batch_size")
         if self.prompt_batch_instances < 1 or self.max_prompts < 1:
             raise UserError("prompt batch instances and max_prompts must be ≥ 1")
-        self.session.check()
+        self.session.check(self.device)
         self.video.check(self.device)
 
     @classmethod
@@ -575,6 +604,10 @@ def session_config(params: RepositoryParams) -> mc.ModelConfig:
         "max_encode_batch": s.max_encode_batch,
         "warmup": str(s.warmup).lower(),
         "sam2_model_size": params.model_size,
+        "runtime": s.runtime,
+        "torch_compile": s.torch_compile,
+        "precision": "fp16" if params.precision == "FP16" else "fp32",
+        "weights": SESSION_WEIGHTS,
     }.items():
         config.parameters[key].string_value = str(value)
     return config

@@ -187,17 +187,32 @@ class InProcessSessions:
         import torch
 
         from sam2_triton.export import CUDA_MODEL_FILENAME
+        from sam2_triton.model_config import read_config
         from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
+        from sam2_triton.sessions.torch_networks import TorchNetworks
 
         encoder = repository / "sam2_encoder" / "1" / "model.onnx"
         if device == "cuda" and encoder.with_name(CUDA_MODEL_FILENAME).is_file():
             encoder = encoder.with_name(CUDA_MODEL_FILENAME)
+        # The runtime the server's config asks for (the GPU config on a GPU).
+        config = repository / "sam2_session" / "config.pbtxt"
+        if device != "cuda":
+            config = config.parent / "configs" / "cpu.pbtxt"
+        networks = None
+        if config.is_file():
+            parameters = read_config(config).parameters
+            networks = TorchNetworks.from_parameters(
+                lambda k, d: parameters[k].string_value if k in parameters else d, repository
+            )
         self.engine = ImageSessionEngine(
             encoder,
             repository / "sam2_decoder" / "1" / "model.onnx",
             torch.device(device),
             SessionLimits(max_sessions=64),
+            torch_networks=networks,
         )
+        if networks is not None and device == "cuda":
+            self.engine.warm()  # as the server's instances: compiled and graphs captured
         self._ids = itertools.count(1)
         self._session: int | None = None  # one open session, shared by the decode cases
         self._batch_sessions: dict[int, list[int]] = {}  # k -> k open sessions, likewise

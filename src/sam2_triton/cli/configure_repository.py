@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from sam2_triton.model_config import SESSION_COMPILE_MODES, SESSION_RUNTIMES
 from sam2_triton.models import MODEL_SIZES, UserError
 
 #: ``--session-*`` flags and the :class:`~sam2_triton.model_config.SessionServing` field each sets.
@@ -88,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sam2_session")
     for flag, meaning in SESSION_FLAGS.items():
         g.add_argument(f"--session-{flag.replace('_', '-')}", type=int, help=meaning)
+    g.add_argument(
+        "--session-runtime",
+        choices=SESSION_RUNTIMES,
+        help="what runs the networks: the exported ONNX graphs, or the PyTorch modules they "
+        "are traced from (on sam2_video's checkpoint)",
+    )
+    g.add_argument(
+        "--session-torch-compile",
+        choices=SESSION_COMPILE_MODES,
+        help="with --session-runtime pytorch on a GPU: torch.compile's mode (none: eager)",
+    )
     g = p.add_argument_group("sam2_video")
     for flag, (_field, kind, meaning) in VIDEO_FLAGS.items():
         g.add_argument(f"--video-{flag.replace('_', '-')}", type=kind, help=meaning)
@@ -126,6 +138,8 @@ def params_from_args(args: argparse.Namespace):
         max_sessions=args.session_max_sessions,
         idle_timeout_s=args.session_idle_timeout,
         max_image_pixels=args.session_max_image_pixels,
+        runtime=args.session_runtime,
+        torch_compile=args.session_torch_compile,
     )
     video = _changed(
         base.video,

@@ -19,7 +19,8 @@ The steps follow ``SAM2ImagePredictor`` exactly, on torch tensors of the instanc
 then ``predict`` (box corners first as points labelled 2 and 3, coordinates scaled to the
 1024 frame, previous mask logits as ``mask_input``, bilinear upsampling of the unclamped
 low-res logits to the original size, threshold 0). The networks are the repository's exported
-ONNX graphs, run by ONNX Runtime (:class:`~sam2_triton.sessions.runtime.TorchOrtSession`).
+ONNX graphs, run by ONNX Runtime (:class:`~sam2_triton.sessions.runtime.TorchOrtSession`), or
+the PyTorch modules they are traced from (:mod:`sam2_triton.sessions.torch_networks`).
 
 Batching: :meth:`ImageSessionEngine.execute` takes every request Triton's sequence batcher
 put into one batch (at most one per session): new images are encoded together (up to
@@ -52,11 +53,14 @@ from sam2_triton.sessions.runtime import (
     CudaGraphOrtSession,
     StageClock,
     TorchOrtSession,
+    bucket_sizes,
 )
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
 if TYPE_CHECKING:
     import torch
+
+    from sam2_triton.sessions.torch_networks import TorchNetworks
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +250,12 @@ class ImageSessionEngine:
     ``cuda_graphs``; none: unpadded). After encoder runs of more than
     ``shrink_encoder_arena_above`` images, the next smaller run gives their extra working
     memory back (None: the encoder's arena keeps its peak).
+
+    ``torch_networks``: run the networks as PyTorch modules instead
+    (:class:`~sam2_triton.sessions.torch_networks.TorchNetworks`: the modules the ONNX
+    graphs are traced from, on the checkpoint); ``encoder_path`` and ``decoder_path`` are
+    then not read. On a CUDA device, single images and each bucket of clicks replay CUDA
+    graphs that torch captures (with ``cuda_graphs``).
     """
 
     def __init__(
@@ -261,11 +271,55 @@ class ImageSessionEngine:
         decode_buckets: Sequence[int] = (2, 4, 8, 16),
         shrink_encoder_arena_above: int | None = 1,
         on_drop: Callable[[Hashable, ImageSession, str], None] | None = None,
+        torch_networks: "TorchNetworks | None" = None,
     ) -> None:
         import torch
 
         self.device = device
         self.limits = limits
+        self.torch_networks = torch_networks
+        cuda = device.type == "cuda"
+        if torch_networks is not None:
+            # One graph per padded shape: single images, and each bucket of clicks.
+            self.encoder, self.decoder = torch_networks.build(
+                device,
+                cuda_graphs=cuda_graphs,
+                encode_buckets=[1, *bucket_sizes(limits.max_encode_batch)] if cuda else (),
+                decode_buckets=[1, *decode_buckets] if cuda else (),
+                release_encoder_above=shrink_encoder_arena_above,
+            )
+        else:
+            self._onnx_networks(
+                encoder_path,
+                decoder_path,
+                intra_op_threads,
+                cuda_graphs,
+                decode_buckets,
+                shrink_encoder_arena_above,
+            )
+        self.store: SessionStore[ImageSession] = SessionStore(
+            limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
+        )
+        self.transforms = Sam2Transforms()
+        self.jpeg = JpegDecoder(device, on_gpu=jpeg_on_gpu)
+        side = LOW_RES_MASK_SIZE
+        self._no_mask = torch.zeros((1, 1, side, side), dtype=torch.float32, device=device)
+        #: Set to a :class:`~sam2_triton.sessions.runtime.StageClock` to time each stage.
+        self.clock: StageClock | None = None
+        self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
+        self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(3, 1, 1)
+
+    def _onnx_networks(
+        self,
+        encoder_path,
+        decoder_path,
+        intra_op_threads: int,
+        cuda_graphs: bool,
+        decode_buckets: Sequence[int],
+        shrink_encoder_arena_above: int | None,
+    ) -> None:
+        """The encoder and decoder as ONNX Runtime sessions of the exported graphs."""
+        device = self.device
         # Starts come one image at a time but also in bursts (up to max_encode_batch): once
         # single images follow a burst, its working set goes back to the device.
         self.encoder = TorchOrtSession(
@@ -285,17 +339,6 @@ class ImageSessionEngine:
                 warm=decoder_shapes(),
                 graphs=cuda_graphs,
             )
-        self.store: SessionStore[ImageSession] = SessionStore(
-            limits.max_sessions, limits.idle_timeout_s, on_drop=on_drop
-        )
-        self.transforms = Sam2Transforms()
-        self.jpeg = JpegDecoder(device, on_gpu=jpeg_on_gpu)
-        side = LOW_RES_MASK_SIZE
-        self._no_mask = torch.zeros((1, 1, side, side), dtype=torch.float32, device=device)
-        #: Set to a :class:`~sam2_triton.sessions.runtime.StageClock` to time each stage.
-        self.clock: StageClock | None = None
-        self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
-        self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(3, 1, 1)
 
     def warm(self) -> float:
         """Start a session on a blank 1920×1080 JPEG with a click, ending it in the same
@@ -320,8 +363,36 @@ class ImageSessionEngine:
         if self.device.type == "cuda":
             import torch
 
+            if self.torch_networks is not None:
+                self._warm_torch_networks()
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
+
+    def _warm_torch_networks(self) -> None:
+        """Run the PyTorch networks on zeros of every kind of shape a request brings: a
+        compiled module compiles again for a batch of several rows and for prompts of several
+        points (``torch.compile`` treats sizes 1 apart), and each padded shape captures its
+        CUDA graph at its first run. Here, at load, rather than in someone's request."""
+        import torch
+
+        zeros = torch.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), device=self.device)
+        for batch in (2, 1):
+            shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
+            self.encoder.run({"image": zeros[:batch]}, shapes)
+        for batch in getattr(self.decoder, "buckets", None) or [1]:
+            for points in (1, 2):
+                inputs, outputs = decoder_shapes(points)
+                feed = {
+                    n: torch.zeros((batch, *shape), device=self.device)
+                    for n, shape in inputs.items()
+                }
+                self.decoder.run(feed, {n: (batch, *shape) for n, shape in outputs.items()})
+
+    @property
+    def compile_error(self) -> str | None:
+        """Why a PyTorch network runs eager although ``torch.compile`` was asked for."""
+        errors = (getattr(n, "compile_error", None) for n in (self.encoder, self.decoder))
+        return next((e for e in errors if e), None)
 
     def stage(self, name: str) -> AbstractContextManager:
         """A context timing stage ``name`` on :attr:`clock` (nothing while it is None)."""

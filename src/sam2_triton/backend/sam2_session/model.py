@@ -48,6 +48,7 @@ from sam2_triton.sessions.image import (
 )
 from sam2_triton.sessions.runtime import StageClock, bucket_sizes, torch_device
 from sam2_triton.sessions.store import Sweeper
+from sam2_triton.sessions.torch_networks import TorchNetworks
 
 #: Environment variable: log where the time goes every N executions (0 or unset: never).
 STAGE_LOG_ENV = "SAM2_TRITON_STAGE_LOG_EVERY"
@@ -88,6 +89,10 @@ class TritonPythonModel:
         log = pb_utils.Logger
         try:
             device = torch_device(kind, device_id)
+            # The exported graphs, or (runtime pytorch) the modules they are traced from.
+            networks = TorchNetworks.from_parameters(
+                lambda key, default: parameter(config, key, default), repository
+            )
             self.engine = ImageSessionEngine(
                 *graphs,
                 device,
@@ -97,6 +102,7 @@ class TritonPythonModel:
                 jpeg_on_gpu=parameter(config, "jpeg_on_gpu", "true").lower() == "true",
                 decode_buckets=bucket_sizes(int(config.get("max_batch_size", 1))),
                 on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
+                torch_networks=networks,
             )
             warmed = ""
             if parameter(config, "warmup", "false") == "true":
@@ -122,9 +128,12 @@ class TritonPythonModel:
         graphs_off = getattr(self.engine.decoder, "error", None)
         if graphs_off:
             log.log_warn(f"{self.name}: decoder without CUDA graphs: {graphs_off}")
+        if self.engine.compile_error:
+            log.log_warn(f"{self.name}: torch.compile failed, eager: {self.engine.compile_error}")
+        encoder = "the PyTorch modules" if networks else f"{graphs[0].name} for the encoder"
         log.log_info(
             f"{self.name}: {kind} instance {device_id} on {device} "
-            f"({', '.join(self.engine.decoder.providers)}; {graphs[0].name} for the encoder; "
+            f"({', '.join(self.engine.decoder.providers)}; {encoder}; "
             f"JPEG files decoded by {self.engine.jpeg.where}); "
             f"at most {limits.max_sessions} "
             f"sessions of {ImageSession.nbytes() / 2**20:.2f} MiB, idle timeout "

@@ -1,0 +1,305 @@
+"""The session networks run by PyTorch: the very modules the ONNX graphs are traced from.
+
+:class:`TorchModuleSession` runs one of them with the interface of
+:class:`~sam2_triton.sessions.runtime.TorchOrtSession` (``run(feed, output_shapes)`` → float32
+tensors on the device), so :class:`~sam2_triton.sessions.image.ImageSessionEngine` runs either.
+:class:`TorchNetworks` says which weights and how (precision, ``torch.compile``).
+
+Why a second runtime beside ONNX Runtime: everything of a click then stays on torch's one CUDA
+stream (ONNX Runtime runs on its own stream, so every run waits for torch's work first: a host
+synchronisation per network run), the whole network can replay as one CUDA graph that torch
+captures (compiled by ``torch.compile`` first, or eager), and both networks share one copy of
+the weights in the instance's process. It needs the checkpoint (``sam2_video/1/model.pt``,
+which the export writes for ``sam2_video``) and Meta's ``sam2`` package, as ``sam2_video``
+does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sam2_triton.model_config import SESSION_COMPILE_MODES, SESSION_WEIGHTS
+from sam2_triton.models import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: Precisions of the PyTorch networks: ``fp16`` is CUDA autocast to float16 (what the FP16
+#: ONNX graphs compute in); on a CPU both run in float32.
+PRECISIONS = ("fp16", "fp32")
+
+
+class TorchModuleSession:
+    """``module`` run on ``device`` like an ONNX Runtime session of its exported graph.
+
+    ``input_names`` are the module's positional inputs, ``output_names`` its outputs, in
+    order. ``run(feed, output_shapes)`` returns the outputs named in ``output_shapes`` as new
+    float32 tensors (the shapes are those of the batch given; they are only used for names).
+
+    ``buckets``: a batch of ``k`` rows runs padded up to the smallest bucket ≥ ``k`` (the last
+    row repeated; rows do not interact, so the real rows' answers are unchanged, and the
+    padding is cut off), so that few shapes ever run; a larger batch runs as it is.
+    ``cuda_graphs`` (CUDA only): each padded shape replays a CUDA graph captured at its first
+    run (two plain runs first, so that compilation and library plans happen outside the
+    capture; the first replay is compared with a plain run, and a difference or a refused
+    capture turns graphs off for good, :attr:`error` saying why); at most ``max_graphs``
+    shapes get one, all in one memory pool (their runs never overlap, and their outputs are
+    copied out after each replay), and only batches of ``graph_batches`` rows (None: any).
+    ``compile_mode``: ``torch.compile``'s mode, or ``none``; a compilation that fails runs
+    the module eager from then on (:attr:`compile_error`).
+
+    ``release_above``: after runs of more rows than that, the next run of at most that many
+    gives the memory torch's caching allocator holds unused back to the device
+    (``torch.cuda.empty_cache``), as ONNX Runtime's arena shrinkage does for
+    :class:`~sam2_triton.sessions.runtime.TorchOrtSession` (a burst of eight images would
+    otherwise keep its working memory in every instance for good). A graph's pool is kept.
+    """
+
+    def __init__(
+        self,
+        module: "torch.nn.Module",
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        device: "torch.device",
+        *,
+        precision: str = "fp32",
+        compile_mode: str = "none",
+        buckets: Sequence[int] = (),
+        cuda_graphs: bool = False,
+        graph_batches: Collection[int] | None = None,
+        max_graphs: int = 32,
+        release_above: int | None = None,
+    ) -> None:
+        import torch
+
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if compile_mode not in SESSION_COMPILE_MODES:
+            raise UserError(
+                f"torch_compile must be one of {SESSION_COMPILE_MODES}, not {compile_mode!r}"
+            )
+        self.module = module
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.device = device
+        cuda = device.type == "cuda"
+        self.precision = precision if cuda else "fp32"
+        self.compile_mode = compile_mode
+        self._compiled = None
+        if compile_mode != "none":
+            options = {} if compile_mode == "default" else {"mode": compile_mode}
+            self._compiled = torch.compile(module, **options)
+        self.compile_error: str | None = None
+        self.buckets = sorted({int(b) for b in buckets if int(b) >= 1})
+        self.max_graphs = max_graphs if cuda and cuda_graphs else 0
+        self.graph_batches = None if graph_batches is None else frozenset(graph_batches)
+        self.release_above = release_above if cuda else None
+        self._grown = False  # a run larger than release_above since the last release
+        self.error: str | None = None
+        self._graphs: dict[tuple, tuple] = {}
+        self._pool = None
+
+    @property
+    def providers(self) -> list[str]:
+        how = "eager" if self._compiled is None else f"torch.compile {self.compile_mode}"
+        graphs = ", CUDA graphs" if self.max_graphs and self.error is None else ""
+        return [f"PyTorch {self.device.type} {self.precision} {how}{graphs}"]
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp16":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _forward(self, inputs: Sequence["torch.Tensor"]) -> tuple["torch.Tensor", ...]:
+        import torch
+
+        with torch.no_grad(), self._autocast():
+            if self._compiled is not None:
+                try:
+                    return tuple(self._compiled(*inputs))
+                except Exception as e:  # noqa: BLE001 - the compiler's failure, not the input's
+                    self._compiled = None
+                    self.compile_error = f"{type(e).__name__}: {str(e).strip()[:500]}"
+                    log.warning("torch.compile failed, running eager: %s", e, exc_info=True)
+            return tuple(self.module(*inputs))
+
+    def run(
+        self,
+        feed: Mapping[str, "torch.Tensor"],
+        output_shapes: Mapping[str, Sequence[int]],
+    ) -> dict[str, "torch.Tensor"]:
+        """Run on ``feed`` (every input, on this device) and return the outputs named in
+        ``output_shapes`` as new float32 tensors."""
+        import torch
+
+        inputs = [feed[n].to(self.device, torch.float32) for n in self.input_names]
+        k = inputs[0].shape[0]
+        bucket = next((b for b in self.buckets if b >= k), k)
+        if bucket != k:
+            inputs = [torch.cat([x, x[-1:].expand(bucket - k, *x.shape[1:])]) for x in inputs]
+        inputs = [x.contiguous() for x in inputs]
+        if self.release_above is not None:
+            large = bucket > self.release_above
+            if self._grown and not large:
+                torch.cuda.empty_cache()
+                self._grown = False
+            self._grown |= large
+        graphs = self.max_graphs and self.error is None
+        if graphs and self.graph_batches is not None and bucket not in self.graph_batches:
+            graphs = False
+        graphed = self._replay(inputs) if graphs else None
+        outputs = graphed if graphed is not None else self._forward(inputs)
+        result = {}
+        for name in output_shapes:
+            value = outputs[self.output_names.index(name)][:k]
+            if value.dtype != torch.float32:
+                value = value.float()  # a new tensor
+            elif graphed is not None or bucket != k:
+                # A graph's outputs are overwritten by its next replay; a padded batch's
+                # rows would keep the whole batch's storage alive.
+                value = value.clone()
+            result[name] = value
+        return result
+
+    def _replay(self, inputs: list["torch.Tensor"]) -> tuple["torch.Tensor", ...] | None:
+        """The outputs of this shape's graph replayed on ``inputs`` (captured on first use);
+        None where there is no graph for it."""
+
+        key = tuple(tuple(x.shape) for x in inputs)
+        graph = self._graphs.get(key)
+        if graph is None:
+            if len(self._graphs) >= self.max_graphs:
+                return None
+            try:
+                graph = self._capture(inputs)
+            except Exception as e:  # noqa: BLE001 - capture refused: no graphs from now on
+                self.error = f"CUDA graph capture failed: {str(e).strip().splitlines()[0]}"
+                log.warning("%s; running without CUDA graphs", self.error)
+                self._graphs.clear()
+                return None
+            if graph is None:
+                return None
+            self._graphs[key] = graph
+        cuda_graph, static_inputs, static_outputs = graph
+        for buffer, value in zip(static_inputs, inputs):
+            buffer.copy_(value)
+        cuda_graph.replay()
+        return static_outputs
+
+    def _capture(self, inputs: list["torch.Tensor"]) -> tuple | None:
+        import torch
+
+        static_inputs = [x.clone() for x in inputs]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compilation, autotuning, library plans: not in the capture
+                expected = self._forward(static_inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph, pool=self._pool):
+            static_outputs = self._forward(static_inputs)
+        if self._pool is None:
+            self._pool = cuda_graph.pool()
+        cuda_graph.replay()
+        worst = max(
+            float((a.float() - b.float()).abs().max()) for a, b in zip(static_outputs, expected)
+        )
+        if not worst <= 1e-3:
+            self.error = f"a CUDA graph's answer differed from a plain run by {worst:g}"
+            log.warning("%s; running without CUDA graphs", self.error)
+            self._graphs.clear()
+            return None
+        return cuda_graph, static_inputs, static_outputs
+
+
+@dataclass(frozen=True)
+class TorchNetworks:
+    """The session networks as PyTorch modules: SAM2.1 of ``model_size`` with the weights of
+    ``checkpoint`` (Meta's format), in ``precision`` (see :data:`PRECISIONS`), through
+    ``torch.compile`` in ``compile_mode`` (see :data:`SESSION_COMPILE_MODES`)."""
+
+    model_size: str
+    checkpoint: Path
+    precision: str = "fp16"
+    compile_mode: str = "none"
+
+    @classmethod
+    def from_parameters(
+        cls, parameter: Callable[[str, str], str], repository: Path
+    ) -> "TorchNetworks | None":
+        """The networks a ``sam2_session`` config asks for (``parameter(key, default)``
+        reads its parameters; ``weights`` is relative to ``repository``), or None where its
+        runtime is ONNX Runtime."""
+        if parameter("runtime", "onnxruntime") != "pytorch":
+            return None
+        return cls(
+            parameter("sam2_model_size", "base_plus"),
+            Path(repository) / parameter("weights", SESSION_WEIGHTS),
+            parameter("precision", "fp16"),
+            parameter("torch_compile", "none"),
+        )
+
+    def build(
+        self,
+        device: "torch.device",
+        *,
+        cuda_graphs: bool = True,
+        encode_buckets: Sequence[int] = (),
+        decode_buckets: Sequence[int] = (),
+        release_encoder_above: int | None = 1,
+    ) -> tuple[TorchModuleSession, TorchModuleSession]:
+        """The encoder and the decoder (:func:`~sam2_triton.export.image_encoder` and
+        :func:`~sam2_triton.export.prompt_decoder` of one model on ``device``), batches
+        padded to ``encode_buckets`` / ``decode_buckets``. With ``cuda_graphs`` on a CUDA
+        device: the encoder replays a graph for single images (a batch of images is launch
+        overhead shared; its graph would keep the batch's working memory for good), the
+        decoder for every bucket."""
+        from sam2_triton import export
+        from sam2_triton.models import get_model_size
+
+        if not Path(self.checkpoint).is_file():
+            raise UserError(
+                f"{self.checkpoint} is missing (scripts/export_onnx.py copies the checkpoint "
+                "there for sam2_video)"
+            )
+        model = export.load_sam2(get_model_size(self.model_size), self.checkpoint).to(device)
+        encoder_module = export.image_encoder(model)
+        decoder_module = export.prompt_decoder(model)
+        # Meta's own position encodings, computed in the run as the predictor does: the
+        # precomputed constants and the patched repeat_interleave are tricks for the ONNX
+        # tracer (a CUDA graph replays the computation anyway).
+        encoder_module.precompute = decoder_module.precompute = False
+        common = {
+            "precision": self.precision,
+            "compile_mode": self.compile_mode,
+            "cuda_graphs": cuda_graphs,
+        }
+        encoder = TorchModuleSession(
+            encoder_module,
+            ["image"],
+            export.ENCODER_OUTPUTS,
+            device,
+            buckets=encode_buckets,
+            graph_batches=(1,),
+            release_above=release_encoder_above,
+            **common,
+        )
+        decoder = TorchModuleSession(
+            decoder_module,
+            export.DECODER_INPUTS,
+            export.DECODER_OUTPUTS,
+            device,
+            buckets=decode_buckets,
+            **common,
+        )
+        return encoder, decoder
