@@ -97,31 +97,42 @@ def assert_same(masks: np.ndarray, iou, low_res, ref) -> None:
 # --- in-process: the engine itself ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", "pytorch"])
-def engine(request, tiny_repository, tiny_checkpoint):
-    """The engine on the exported ONNX files, and on the PyTorch modules they are traced
-    from (``TorchNetworks``, eager on the CPU)."""
+def make_engine(repository: Path, networks=None):
     import torch
 
     from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
-    from sam2_triton.sessions.torch_networks import TorchNetworks
 
-    networks = None
-    if request.param == "pytorch":
-        networks = TorchNetworks("tiny", tiny_checkpoint)
     return ImageSessionEngine(
-        tiny_repository / "sam2_encoder" / "1" / "model.onnx",
-        tiny_repository / "sam2_decoder" / "1" / "model.onnx",
+        repository / "sam2_encoder" / "1" / "model.onnx",
+        repository / "sam2_decoder" / "1" / "model.onnx",
         torch.device("cpu"),
         SessionLimits(max_sessions=4),
         torch_networks=networks,
     )
 
 
-def test_engine_equals_predictor_over_a_session(engine, reference, photos):
+@pytest.fixture(scope="module")
+def engine(tiny_repository):
+    """The engine on the exported ONNX files (the CPU config's runtime)."""
+    return make_engine(tiny_repository)
+
+
+@pytest.fixture(scope="module")
+def pytorch_engine(tiny_repository, tiny_checkpoint):
+    """The engine on the PyTorch modules the ONNX files are traced from (eager on a CPU)."""
+    from sam2_triton.sessions.torch_networks import TorchNetworks
+
+    return make_engine(tiny_repository, TorchNetworks("tiny", tiny_checkpoint))
+
+
+@pytest.mark.parametrize("runtime", ["engine", "pytorch_engine"])
+def test_engine_equals_predictor_over_a_session(request, runtime, reference, photos):
     """Every step of a session (single/multimask, negative points, box, box + point,
-    refinement with the kept mask), in-process, equals the predictor's logits."""
+    refinement with the kept mask), in-process, equals the predictor's logits: on ONNX
+    Runtime and on the PyTorch runtime."""
     from sam2_triton.sessions.image import SessionRequest
+
+    engine = request.getfixturevalue(runtime)
 
     image = photos["coffee"]
     refs = reference_steps(reference, "coffee", image)
@@ -212,6 +223,47 @@ def test_engine_answers_only_what_was_asked_alike_in_a_mixed_batch(engine, photo
         assert np.array_equal(png == 255, best)
 
 
+def test_engine_batch_of_one_image_size_equals_each_alone(engine, photos):
+    """Three sessions on photos of one size in one batch (upsampled together): run lengths
+    of the best single mask, of the best of three (multimask) with every mask asked for too,
+    and a PNG: each equals the request alone."""
+    from sam2_triton.sessions.image import SessionRequest
+
+    image = photos["coffee"]
+    keys = (21, 22, 23)
+    engine.execute([SessionRequest(k, start=True, image_bytes=png_bytes(image)) for k in keys])
+    cases = {
+        21: (False, ("mask_rle",)),
+        22: (True, ("mask_rle", "masks", "iou_predictions")),
+        23: (False, ("mask_png", "mask_rle")),
+    }
+
+    def request(key, shift):
+        multimask, outputs = cases[key]
+        kw = PROMPT_CASES["points_with_negative"].pixels(image.shape[:2])
+        points = np.asarray(kw["points"], np.float32) + shift
+        return SessionRequest(
+            key,
+            points=points,
+            labels=np.asarray(kw["labels"]),
+            multimask=multimask,
+            outputs=frozenset(outputs),
+        )
+
+    together = engine.execute([request(k, 7.0 * i) for i, k in enumerate(keys)])
+    for i, (key, answer) in enumerate(zip(keys, together)):
+        (alone,) = engine.execute([request(key, 7.0 * i)])
+        assert np.array_equal(answer.mask_rle, alone.mask_rle)
+        assert len(answer.mask_rle) > 2  # a real mask: several runs
+        if key == 22:
+            assert answer.masks.shape == (3, *image.shape[:2])
+            assert np.array_equal(answer.masks, alone.masks)
+            best = answer.masks[np.argmax(answer.iou_predictions)] == 1
+            assert np.array_equal(rle_to_mask(answer.mask_rle, image.shape[:2]), best)
+        if key == 23:
+            assert answer.mask_png == alone.mask_png and answer.masks is None
+
+
 @pytest.mark.parametrize(
     "mask",
     [
@@ -239,6 +291,10 @@ def test_run_lengths_of_several_masks_at_once(mask):
         assert rle.tolist() == expected
         assert np.array_equal(rle_to_mask(rle, m.shape), m)
     assert mask_to_rle(torch.from_numpy(mask)).tolist() == rles[1].tolist()
+    # A stack of masks of one size is one item: the same runs as the masks one by one.
+    stacked = masks_to_rle([torch.from_numpy(np.stack([mask, ~mask, mask]))])
+    alone = masks_to_rle([torch.from_numpy(m) for m in (mask, ~mask, mask)])
+    assert [r.tolist() for r in stacked] == [r.tolist() for r in alone]
 
 
 def test_bucketed_decoder_pads_batches_and_keeps_each_rows_answer(tiny_repository):
@@ -346,36 +402,39 @@ def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, 
 
 def test_the_session_runtime_is_a_config_choice():
     """``runtime`` and ``torch_compile`` reach sam2_session's config (with the checkpoint's
-    place for the pytorch runtime); ONNX Runtime eager by default; a compile needs the
-    pytorch runtime on a GPU and the warm-up; configure_repository sets both."""
+    place for the pytorch runtime): PyTorch compiled by default on a GPU, ONNX Runtime on a
+    CPU; a compile needs the pytorch runtime on a GPU and the warm-up; configure_repository
+    sets both."""
     from sam2_triton import model_config as mc
     from sam2_triton.cli.configure_repository import build_parser, params_from_args
 
     gpu = mc.RepositoryParams(model_size="base_plus")
     parameters = mc.session_config(gpu).parameters
-    assert parameters["runtime"].string_value == "onnxruntime"
-    assert parameters["torch_compile"].string_value == "none"
+    assert parameters["runtime"].string_value == "pytorch"
+    assert parameters["torch_compile"].string_value == "default"
     assert parameters["weights"].string_value == "sam2_video/1/model.pt"
     assert parameters["precision"].string_value == "fp16"
+    cpu_parameters = mc.session_config(mc.RepositoryParams.cpu_defaults("tiny")).parameters
+    assert cpu_parameters["runtime"].string_value == "onnxruntime"
+    assert cpu_parameters["torch_compile"].string_value == "none"
     session = gpu.session
     for wrong, message in (
         (dict(runtime="tensorrt"), "runtime must be one of onnxruntime, pytorch"),
         (dict(torch_compile="reduce-overhead"), "torch_compile must be one of none, default"),
-        (dict(torch_compile="default"), "needs the pytorch runtime on a GPU"),
-        (dict(runtime="pytorch", torch_compile="default", warmup=False), "needs the warm-up"),
+        (dict(runtime="onnxruntime"), "needs the pytorch runtime on a GPU"),
+        (dict(warmup=False), "needs the warm-up"),
     ):
         with pytest.raises(UserError, match=message):
             dataclasses.replace(session, **wrong).check("gpu")
-    compiled = dataclasses.replace(session, runtime="pytorch", torch_compile="default")
-    compiled.check("gpu")
+    session.check("gpu")
     with pytest.raises(UserError, match="on a GPU"):
-        compiled.check("cpu")
+        session.check("cpu")
     args = build_parser().parse_args(
-        ["--session-runtime", "pytorch", "--session-torch-compile", "default"]
+        ["--session-runtime", "onnxruntime", "--session-torch-compile", "none"]
     )
     changed, cpu = params_from_args(args)
-    assert (changed.session.runtime, changed.session.torch_compile) == ("pytorch", "default")
-    assert cpu.session.runtime == "onnxruntime"
+    assert (changed.session.runtime, changed.session.torch_compile) == ("onnxruntime", "none")
+    assert (cpu.session.runtime, cpu.session.torch_compile) == ("onnxruntime", "none")
 
 
 def test_arena_shrinks_on_the_first_small_run_after_large_ones(tiny_repository):
@@ -727,7 +786,7 @@ def small_server(tiny_repository, tiny_checkpoint, tmp_path_factory):
     params = dataclasses.replace(
         params,
         session=mc.SessionServing(
-            max_batch_size=2, instance_count=1, max_sessions=2, runtime="pytorch"
+            max_batch_size=2, instance_count=1, max_sessions=2, torch_compile="none"
         ),
     )
     config = mc.session_config(params)

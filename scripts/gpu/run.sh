@@ -15,6 +15,7 @@
 #   bash scripts/gpu/run.sh numpy1 N               # numpy 1.26 from .carryN (see the step)
 #   bash scripts/gpu/run.sh export_pinned SIZE     # exports on cores 8-15, in the background
 #   bash scripts/gpu/run.sh runtimes SIZE V...     # scripts/gpu/session_runtimes.py per variant
+#   bash scripts/gpu/run.sh sessions_repo SIZE     # sam2_session alone (pytorch runtime)
 #   bash scripts/gpu/run.sh video [flags]          # scripts/benchmark_video.py (start none)
 #   bash scripts/gpu/run.sh status
 # Results go to $OUT (the device tool brings them back).
@@ -85,8 +86,8 @@ models)
 served)
     size=$1
     shift
-    wait_for "$size"
-    repo="$W/$size/fp16"
+    repo="${REPO:-$W/$size/fp16}"
+    [ -n "${REPO:-}" ] || wait_for "$size"
     # The GPU configs as generated for SIZE (TensorRT asked for; without its libraries the
     # backend runs the CUDA EP and the encoder's fused model.cuda.onnx), changed by
     # $CONFIGURE_FLAGS if set (e.g. "--session-instances 1"); results go to $OUT/*_$NAME.
@@ -94,8 +95,8 @@ served)
     # call loading a model this step does not measure (CONFIGURE_FLAGS="--video-torch-compile
     # reduce-overhead" serves the default configs exactly, e.g. for their GPU memory).
     # shellcheck disable=SC2086  # the flags are words
-    python3 scripts/configure_repository.py --repository "$repo" --model "$size" \
-        --video-torch-compile none ${CONFIGURE_FLAGS:-} >/dev/null
+    [ -n "${REPO:-}" ] || python3 scripts/configure_repository.py --repository "$repo" \
+        --model "$size" --video-torch-compile none ${CONFIGURE_FLAGS:-} >/dev/null
     NAME=${NAME:-$size}
     log="$OUT/server_$NAME.log"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader >"$OUT/memory_$NAME.txt"
@@ -121,6 +122,35 @@ served)
     wait $server || true
     cat "$OUT/memory_$NAME.txt"
     [ -f "$OUT/served_$NAME/results.md" ] && tail -n 45 "$OUT/served_$NAME/results.md"
+    ;;
+sessions_repo)
+    # A repository of sam2_session alone, on the pytorch runtime (torch.compile mode
+    # $SESSION_COMPILE, default "default"; $SESSION_INSTANCES instances, default 2) and the
+    # checkpoint itself: served with
+    # REPO=$W/sessions_repo (needs no export and no onnxruntime-gpu).
+    mkdir -p "$W/ckpt"
+    [ -f "$W/ckpt/$1.pt" ] || python3 scripts/make_random_checkpoint.py --model "$1" --out "$W/ckpt/$1.pt"
+    python3 - "$W/sessions_repo" "$W/ckpt/$1.pt" "$1" "${SESSION_COMPILE:-default}" \
+        "${SESSION_INSTANCES:-2}" <<'PY'
+import dataclasses
+import sys
+from pathlib import Path
+
+from sam2_triton import model_config as mc
+from sam2_triton.files import write_text_atomic
+
+repo, checkpoint, size, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+params = mc.RepositoryParams(model_size=size)
+instances = int(sys.argv[5])
+session = dataclasses.replace(
+    params.session, runtime="pytorch", torch_compile=mode, instance_count=instances
+)
+config = mc.session_config(dataclasses.replace(params, session=session))
+config.parameters["weights"].string_value = checkpoint
+write_text_atomic(repo / mc.SESSION / "config.pbtxt", mc.to_text(config))
+(repo / mc.SESSION / "1").mkdir(exist_ok=True)
+print("wrote", repo / mc.SESSION / "config.pbtxt")
+PY
     ;;
 runtimes)
     # scripts/gpu/session_runtimes.py: one session engine in process per variant given

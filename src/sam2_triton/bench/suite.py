@@ -515,7 +515,7 @@ class Suite:
 
     def run_triton(self) -> None:
         from sam2_triton.bench import triton as btriton
-        from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER
+        from sam2_triton.model_config import DECODER, DECODER_PROMPTS, ENCODER, SESSION
 
         c = self.config
         target = btriton.TritonTarget(c.http_url, c.grpc_url)
@@ -524,6 +524,14 @@ class Suite:
             if p not in protocols:
                 self.skip(f"triton {p}", f"no {p} URL given")
         if not protocols:
+            return
+        if set(c.models) == {"sessions"}:  # a server may serve sam2_session alone
+            try:
+                device = target.model_info(SESSION)["device"]
+            except Exception as e:  # noqa: BLE001 - server unreachable: say so
+                self.skip("triton", f"server not reachable: {type(e).__name__}: {e}")
+                return
+            self.run_sessions(target, protocols, device)
             return
         try:
             info = {m: target.model_info(m) for m in (ENCODER, DECODER)}

@@ -158,34 +158,40 @@ class ImageSession:
 
 
 def masks_to_rle(masks: "Sequence[torch.Tensor]") -> list[np.ndarray]:
-    """COCO's uncompressed run-length encoding of each ``[H, W]`` bool mask (sizes may
-    differ): the lengths of alternating runs of 0s and 1s over the pixels in column-major
-    order (down each column, then the next), starting with a run of 0s (0 long when the first
-    pixel is set), int32. ``pycocotools.mask.frPyObjects({"counts": list(rle), "size": [H,
-    W]}, H, W)`` decodes it; :func:`sam2_triton.client.outputs.rle_to_mask` does too.
+    """COCO's uncompressed run-length encoding of each bool mask of ``masks`` (each item an
+    ``[H, W]`` mask or an ``[N, H, W]`` stack of masks; sizes may differ): the lengths of
+    alternating runs of 0s and 1s over the pixels in column-major order (down each column,
+    then the next), starting with a run of 0s (0 long when the first pixel is set), int32,
+    one array per mask in order. ``pycocotools.mask.frPyObjects({"counts": list(rle),
+    "size": [H, W]}, H, W)`` decodes it; :func:`sam2_triton.client.outputs.rle_to_mask`
+    does too.
 
-    Counted on the masks' device for all of them at once: the masks are joined end to end,
-    every run's first pixel is found by one ``nonzero`` (a pixel that differs from the one
-    before, or a mask's first pixel), the run lengths are the differences of those positions,
-    and they cross to the host in one copy (a single synchronisation however many masks, and
-    4 bytes per run)."""
+    Counted on the masks' device for all of them at once: the masks are joined end to end
+    (one transposing copy per item), every run's first pixel is found by one ``nonzero`` (a
+    pixel that differs from the one before, or a mask's first pixel), the run lengths are
+    the differences of those positions, and they cross to the host in one copy (a single
+    synchronisation however many masks, and 4 bytes per run)."""
     import torch
 
     if not masks:
         return []
-    flats = [m.t().reshape(-1) for m in masks]
-    device = flats[0].device
-    one = torch.ones(1, dtype=torch.bool, device=device)
-    starts = torch.nonzero(torch.cat([torch.cat([one, f[1:] != f[:-1]]) for f in flats]))
-    starts = starts.flatten()
-    sizes = torch.tensor([f.numel() for f in flats], device=device)
+    stacks = [m if m.dim() == 3 else m[None] for m in masks]
+    sizes_host = [int(m.shape[1] * m.shape[2]) for m in stacks for _ in range(m.shape[0])]
+    flat = torch.cat([m.transpose(1, 2).reshape(-1) for m in stacks])
+    device = flat.device
+    sizes = torch.tensor(sizes_host, device=device)
     offsets = torch.cumsum(sizes, 0)
+    firsts = offsets - sizes  # each mask's first pixel
+    change = torch.ones_like(flat)
+    change[1:] = flat[1:] != flat[:-1]
+    change[firsts] = True
+    starts = torch.nonzero(change).flatten()
     runs = torch.diff(starts, append=offsets[-1:])  # run lengths, mask after mask
-    first_run = torch.searchsorted(starts, offsets - sizes)  # each mask's first run
-    first_set = torch.stack([f[0] for f in flats])
+    first_run = torch.searchsorted(starts, firsts)  # each mask's first run
+    first_set = flat[firsts]
     host = torch.cat([first_run, first_set.to(first_run.dtype), runs]).to(torch.int32).cpu()
     host = host.numpy()
-    n = len(flats)
+    n = len(sizes_host)
     bounds = [*host[:n].tolist(), len(host) - 2 * n]
     out = []
     for i in range(n):
@@ -605,63 +611,108 @@ class ImageSessionEngine:
 
         All device work of the group is queued before anything crosses to the host, and only
         what a request asked for is made: a request wanting only the best mask (``mask_png``,
-        ``mask_rle``) gets that mask alone upsampled; run lengths of the whole group are counted
-        together (:func:`masks_to_rle`)."""
+        ``mask_rle``) gets that mask alone upsampled. The work is done for the whole group
+        at once, not row by row: the best masks picked on the device in one step, the rows
+        of one original size upsampled, thresholded and copied to the host together, the run
+        lengths of the whole group counted together (:func:`masks_to_rle`), the IoU copied
+        in one piece (a batch of 16 clicks is otherwise mostly kernel launches here).
+        """
         import torch
-        import torch.nn.functional as F
 
-        rows = range(len(group))
-        low_res, iou, best = [], [], []
-        for row, d in zip(rows, group):
-            kind = "multimask_" if d.request.multimask else ""
-            low_res.append(out[f"{kind}masks"][row])  # [M, 256, 256]
-            iou.append(out[f"{kind}iou_predictions"][row])  # [M]
-            best.append(iou[-1].argmax().view(1))  # on the device: no synchronisation
-        full: list = [None] * len(group)  # [M or 1, H, W] bool on the device
-        host_masks: dict = {}  # row -> the same as uint8 on the host, copied asynchronously
-        rle_masks, rle_rows = [], []
-        for row, d in zip(rows, group):
-            best_logits = low_res[row].index_select(0, best[row])  # [1, 256, 256]
-            d.session.previous_logits = best_logits.clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP).view(
-                1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE
-            )
-            wanted = d.request.outputs
-            if wanted & {"masks", "mask_png", "mask_rle"}:
-                # As the predictor: upsample the unclamped logits, then threshold at 0.
-                source = low_res[row] if "masks" in wanted else best_logits
-                logits = F.interpolate(
-                    source[None], d.session.orig_hw, mode="bilinear", align_corners=False
-                )[0]
-                full[row] = logits > 0
-                if wanted & {"masks", "mask_png"}:
-                    host_masks[row] = self._to_host(full[row].to(torch.uint8))
-                if "mask_rle" in wanted:
-                    rle_rows.append(row)
-                    one = full[row] if len(full[row]) == 1 else full[row].index_select(0, best[row])
-                    rle_masks.append(one[0])
-        rles = dict(zip(rle_rows, masks_to_rle(rle_masks)))  # the first synchronisation
-        if host_masks and self.device.type == "cuda":
+        k = len(group)
+        multi = [d.request.multimask for d in group]
+        kinds = ["multimask_" if m else "" for m in multi]
+        low_res = [out[f"{kind}masks"][row] for row, kind in enumerate(kinds)]  # [M, 256, 256]
+        best_logits, best = self._best_logits(out, multi)  # [k, 1, 256, 256], [k]
+        clamped = best_logits.clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP)
+        for d, previous in zip(group, clamped.split(1)):
+            d.session.previous_logits = previous.clone()  # its own 256 KiB, not the batch's
+        # Rows of one original size (and mask count) are upsampled in one run: rows wanting
+        # every mask ("masks") from their M masks, the others from their best mask alone.
+        wanted = [d.request.outputs for d in group]
+        batches: dict[tuple, list[int]] = {}
+        for row, d in enumerate(group):
+            if wanted[row] & {"masks", "mask_png", "mask_rle"}:
+                full = "masks" in wanted[row]
+                key = (d.session.orig_hw, len(low_res[row]) if full else 0)
+                batches.setdefault(key, []).append(row)
+        host: dict[int, "torch.Tensor"] = {}  # row -> the same as uint8 on the host
+        rle_items, rle_rows = [], []
+        for (hw, m), rows in batches.items():
+            if m:
+                source = torch.stack([low_res[row] for row in rows])
+            else:
+                source = best_logits if len(rows) == k else best_logits[rows]
+            up = self._upsample(source, hw) > 0  # [n, M or 1, H, W]
+            if any(wanted[row] & {"masks", "mask_png"} for row in rows):
+                copied = self._to_host(up.view(torch.uint8))
+                host.update((row, copied[j]) for j, row in enumerate(rows))
+            want_rle = [j for j, row in enumerate(rows) if "mask_rle" in wanted[row]]
+            if not m and len(want_rle) == len(rows):  # the whole batch at once
+                rle_items.append(up[:, 0])
+                rle_rows += rows
+                continue
+            for j in want_rle:
+                one = up[j, 0] if not m else up[j].index_select(0, best[rows[j]].view(1))[0]
+                rle_items.append(one)
+                rle_rows.append(rows[j])
+        rles = dict(zip(rle_rows, masks_to_rle(rle_items)))  # the first synchronisation
+        if host and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the masks' copies
-        host_iou = [v.float().cpu().numpy() for v in iou]
+        host_iou = {
+            kind: out[f"{kind}iou_predictions"].float().cpu().numpy() for kind in set(kinds)
+        }
         answers = []
-        for row, d in zip(rows, group):
-            wanted = d.request.outputs
+        for row, d in enumerate(group):
             answer = SessionAnswer(image_size=d.session.orig_hw)
             answer.mask_rle = rles.get(row)
-            if wanted & {"masks", "mask_png"}:
-                masks = host_masks[row].numpy()
-                if "masks" in wanted:
-                    answer.masks = masks
-                if "mask_png" in wanted:
-                    one = masks[0] if len(masks) == 1 else masks[int(host_iou[row].argmax())]
+            iou = host_iou[kinds[row]][row]
+            if wanted[row] & {"masks", "mask_png"}:
+                row_masks = host[row].numpy()
+                if "masks" in wanted[row]:
+                    answer.masks = row_masks
+                if "mask_png" in wanted[row]:
+                    one = row_masks[0] if len(row_masks) == 1 else row_masks[int(iou.argmax())]
                     answer.mask_png = encode_png(one * np.uint8(255))
-            if "iou_predictions" in wanted:
-                answer.iou_predictions = host_iou[row]
-            if "low_res_masks" in wanted:
-                clamped = low_res[row].clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP)
-                answer.low_res_masks = clamped.cpu().numpy()
+            if "iou_predictions" in wanted[row]:
+                answer.iou_predictions = iou
+            if "low_res_masks" in wanted[row]:
+                row_low_res = low_res[row].clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP)
+                answer.low_res_masks = row_low_res.cpu().numpy()
             answers.append(answer)
         return answers
+
+    @staticmethod
+    def _best_logits(
+        out: dict[str, "torch.Tensor"], multi: list[bool]
+    ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Each row's best mask's logits ``[k, 1, 256, 256]`` (the single mask, or the
+        multimask output's highest-IoU one) and its index among the row's masks ``[k]``,
+        picked on the device without a synchronisation."""
+        import torch
+
+        k = len(multi)
+        if not any(multi):
+            single = out["masks"]
+            return single, torch.zeros(k, dtype=torch.long, device=single.device)
+        masks, iou = out["multimask_masks"], out["multimask_iou_predictions"]
+        best = iou.argmax(1)
+        picked = masks[torch.arange(k, device=masks.device), best][:, None]
+        if all(multi):
+            return picked, best
+        is_multi = torch.tensor(multi, device=masks.device)
+        single = out["masks"]
+        return (
+            torch.where(is_multi.view(k, 1, 1, 1), picked, single),
+            torch.where(is_multi, best, torch.zeros_like(best)),
+        )
+
+    @staticmethod
+    def _upsample(logits: "torch.Tensor", hw: tuple[int, int]) -> "torch.Tensor":
+        """``[n, M, 256, 256]`` logits → ``[n, M, H, W]``, bilinear as the predictor does."""
+        import torch.nn.functional as F
+
+        return F.interpolate(logits, hw, mode="bilinear", align_corners=False)
 
     def _to_host(self, tensor: "torch.Tensor") -> "torch.Tensor":
         """A host copy of ``tensor``: from a GPU, into page-locked memory (torch's caching
