@@ -223,10 +223,12 @@ def test_engine_answers_only_what_was_asked_alike_in_a_mixed_batch(engine, photo
         assert np.array_equal(png == 255, best)
 
 
-def test_engine_batch_of_one_image_size_equals_each_alone(engine, photos):
+def test_engine_batch_of_one_image_size_equals_each_alone(engine, photos, monkeypatch):
     """Three sessions on photos of one size in one batch (upsampled together): run lengths
     of the best single mask, of the best of three (multimask) with every mask asked for too,
-    and a PNG: each equals the request alone."""
+    and a PNG: each equals the request alone; and again with the upsampling cut into runs
+    of one row (``UPSAMPLE_ELEMENTS``, which bounds a batch's memory)."""
+    from sam2_triton.sessions import image as image_module
     from sam2_triton.sessions.image import SessionRequest
 
     image = photos["coffee"]
@@ -251,9 +253,17 @@ def test_engine_batch_of_one_image_size_equals_each_alone(engine, photos):
         )
 
     together = engine.execute([request(k, 7.0 * i) for i, k in enumerate(keys)])
+    monkeypatch.setattr(image_module, "UPSAMPLE_ELEMENTS", image.shape[0] * image.shape[1])
+    in_chunks = engine.execute([request(k, 7.0 * i) for i, k in enumerate(keys)])
+    monkeypatch.undo()
     for i, (key, answer) in enumerate(zip(keys, together)):
         (alone,) = engine.execute([request(key, 7.0 * i)])
         assert np.array_equal(answer.mask_rle, alone.mask_rle)
+        assert np.array_equal(in_chunks[i].mask_rle, alone.mask_rle)
+        assert in_chunks[i].mask_png == answer.mask_png
+        assert (in_chunks[i].masks is None) == (answer.masks is None)
+        if answer.masks is not None:
+            assert np.array_equal(in_chunks[i].masks, answer.masks)
         assert len(answer.mask_rle) > 2  # a real mask: several runs
         if key == 22:
             assert answer.masks.shape == (3, *image.shape[:2])
@@ -367,7 +377,8 @@ def test_pytorch_decoder_pads_batches_and_keeps_each_rows_answer(tiny_checkpoint
 
 def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, monkeypatch):
     """A ``torch.compile`` that fails (here: no C compiler, forced) answers the run eager,
-    says why in ``compile_error`` and the providers, and never tries again."""
+    says why in ``compile_error`` and the providers, and never tries again; an out-of-memory
+    error in a compiled run is raised as it is and leaves the compilation on."""
     import torch
 
     from sam2_triton.sessions.torch_networks import TorchModuleSession, TorchNetworks
@@ -399,6 +410,26 @@ def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, 
     assert len(calls) == 1 and "C compiler" in decoder.compile_error
     assert decoder.providers == ["PyTorch cpu fp32 eager"]
 
+    # Running out of memory is the run's failure, not the compiler's: raised, compile kept.
+    def out_of_memory(module, **_options):
+        def compiled(*_args):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", out_of_memory)
+    decoder = TorchModuleSession(
+        eager.module,
+        eager.input_names,
+        eager.output_names,
+        torch.device("cpu"),
+        compile_mode="default",
+    )
+    with pytest.raises(torch.OutOfMemoryError):
+        decoder.run(feed, asked)
+    assert decoder.compile_error is None
+    assert decoder.providers == ["PyTorch cpu fp32 torch.compile default"]
+
 
 def test_the_session_runtime_is_a_config_choice():
     """``runtime`` and ``torch_compile`` reach sam2_session's config (with the checkpoint's
@@ -429,10 +460,8 @@ def test_the_session_runtime_is_a_config_choice():
     session.check("gpu")
     with pytest.raises(UserError, match="on a GPU"):
         session.check("cpu")
-    args = build_parser().parse_args(
-        ["--session-runtime", "onnxruntime", "--session-torch-compile", "none"]
-    )
-    changed, cpu = params_from_args(args)
+    args = build_parser().parse_args(["--session-runtime", "onnxruntime"])
+    changed, cpu = params_from_args(args)  # the compile goes with the pytorch runtime
     assert (changed.session.runtime, changed.session.torch_compile) == ("onnxruntime", "none")
     assert (cpu.session.runtime, cpu.session.torch_compile) == ("onnxruntime", "none")
 

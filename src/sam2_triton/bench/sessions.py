@@ -202,7 +202,8 @@ class InProcessSessions:
         if config.is_file():
             parameters = read_config(config).parameters
             networks = TorchNetworks.from_parameters(
-                lambda k, d: parameters[k].string_value if k in parameters else d, repository
+                lambda k, d: (parameters[k].string_value if k in parameters else "") or d,
+                repository,
             )
         self.engine = ImageSessionEngine(
             encoder,

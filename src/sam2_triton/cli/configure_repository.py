@@ -139,7 +139,9 @@ def params_from_args(args: argparse.Namespace):
         idle_timeout_s=args.session_idle_timeout,
         max_image_pixels=args.session_max_image_pixels,
         runtime=args.session_runtime,
-        torch_compile=args.session_torch_compile,
+        # torch.compile is the pytorch runtime's: ONNX Runtime asked for alone turns it off.
+        torch_compile=args.session_torch_compile
+        or ("none" if args.session_runtime == "onnxruntime" else None),
     )
     video = _changed(
         base.video,

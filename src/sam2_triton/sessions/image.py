@@ -53,7 +53,6 @@ from sam2_triton.sessions.runtime import (
     CudaGraphOrtSession,
     StageClock,
     TorchOrtSession,
-    bucket_sizes,
 )
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
@@ -63,6 +62,9 @@ if TYPE_CHECKING:
     from sam2_triton.sessions.torch_networks import TorchNetworks
 
 log = logging.getLogger(__name__)
+
+#: Pixels upsampled in one run at most (float32: 1 GiB), for a batch's masks.
+UPSAMPLE_ELEMENTS = 1 << 28
 
 #: The outputs a session request may ask for (the wire contract).
 OUTPUTS = ("masks", "iou_predictions", "low_res_masks", "mask_png", "mask_rle", "image_size")
@@ -286,11 +288,11 @@ class ImageSessionEngine:
         self.torch_networks = torch_networks
         cuda = device.type == "cuda"
         if torch_networks is not None:
-            # One graph per padded shape: single images, and each bucket of clicks.
+            # A graph per padded shape: single images, and each bucket of clicks.
             self.encoder, self.decoder = torch_networks.build(
                 device,
                 cuda_graphs=cuda_graphs,
-                encode_buckets=[1, *bucket_sizes(limits.max_encode_batch)] if cuda else (),
+                # No padding of images: the compiled encoder takes any batch of several.
                 decode_buckets=[1, *decode_buckets] if cuda else (),
                 release_encoder_above=shrink_encoder_arena_above,
             )
@@ -386,7 +388,10 @@ class ImageSessionEngine:
             shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
             self.encoder.run({"image": zeros[:batch]}, shapes)
         for batch in getattr(self.decoder, "buckets", None) or [1]:
-            for points in (1, 2):
+            # Three point counts: torch.compile gives two dims of equal size one symbol
+            # (batch 2 and 2 points would compile for batch == points only), so the shapes
+            # of several rows and several points are compiled here with unequal ones too.
+            for points in (1, 2, 3):
                 inputs, outputs = decoder_shapes(points)
                 feed = {
                     n: torch.zeros((batch, *shape), device=self.device)
@@ -619,7 +624,6 @@ class ImageSessionEngine:
         """
         import torch
 
-        k = len(group)
         multi = [d.request.multimask for d in group]
         kinds = ["multimask_" if m else "" for m in multi]
         low_res = [out[f"{kind}masks"][row] for row, kind in enumerate(kinds)]  # [M, 256, 256]
@@ -636,26 +640,25 @@ class ImageSessionEngine:
                 full = "masks" in wanted[row]
                 key = (d.session.orig_hw, len(low_res[row]) if full else 0)
                 batches.setdefault(key, []).append(row)
-        host: dict[int, "torch.Tensor"] = {}  # row -> the same as uint8 on the host
+        host: dict[int, "torch.Tensor"] = {}  # row -> [M or 1, H, W] uint8 on the host
         rle_items, rle_rows = [], []
-        for (hw, m), rows in batches.items():
-            if m:
-                source = torch.stack([low_res[row] for row in rows])
-            else:
-                source = best_logits if len(rows) == k else best_logits[rows]
-            up = self._upsample(source, hw) > 0  # [n, M or 1, H, W]
-            if any(wanted[row] & {"masks", "mask_png"} for row in rows):
-                copied = self._to_host(up.view(torch.uint8))
-                host.update((row, copied[j]) for j, row in enumerate(rows))
-            want_rle = [j for j, row in enumerate(rows) if "mask_rle" in wanted[row]]
-            if not m and len(want_rle) == len(rows):  # the whole batch at once
-                rle_items.append(up[:, 0])
-                rle_rows += rows
-                continue
-            for j in want_rle:
-                one = up[j, 0] if not m else up[j].index_select(0, best[rows[j]].view(1))[0]
-                rle_items.append(one)
-                rle_rows.append(rows[j])
+        for (hw, m), same_size in batches.items():
+            # At most UPSAMPLE_ELEMENTS pixels at once: 16 rows of three 64-megapixel masks
+            # would otherwise need 12 GiB for one float32 upsampling.
+            per_row = max(m, 1) * hw[0] * hw[1]
+            step = max(1, UPSAMPLE_ELEMENTS // per_row)
+            for first in range(0, len(same_size), step):
+                rows = same_size[first : first + step]
+                up = self._upsampled_masks(rows, m, hw, low_res, best_logits, wanted, host)
+                want_rle = [j for j, row in enumerate(rows) if "mask_rle" in wanted[row]]
+                if not m and len(want_rle) == len(rows):  # the whole chunk at once
+                    rle_items.append(up[:, 0])
+                    rle_rows += rows
+                    continue
+                for j in want_rle:
+                    one = up[j, 0] if not m else up[j].index_select(0, best[rows[j]].view(1))[0]
+                    rle_items.append(one)
+                    rle_rows.append(rows[j])
         rles = dict(zip(rle_rows, masks_to_rle(rle_items)))  # the first synchronisation
         if host and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the masks' copies
@@ -682,6 +685,39 @@ class ImageSessionEngine:
             answers.append(answer)
         return answers
 
+    def _upsampled_masks(
+        self,
+        rows: list[int],
+        m: int,
+        hw: tuple[int, int],
+        low_res: list["torch.Tensor"],
+        best_logits: "torch.Tensor",
+        wanted: list[frozenset[str]],
+        host: dict[int, "torch.Tensor"],
+    ) -> "torch.Tensor":
+        """``[n, M, H, W]`` bool masks of ``rows`` (images of size ``hw``): their ``m``
+        masks each (``low_res``, ``[M, 256, 256]`` a row), or with ``m`` 0 their best one
+        (``best_logits``, ``[k, 1, 256, 256]``), upsampled in one run and thresholded at 0;
+        those of the rows that asked for ``masks`` or ``mask_png`` are also copied into
+        ``host`` (asynchronously: synchronise before reading)."""
+        import torch
+
+        if m:
+            source = torch.stack([low_res[row] for row in rows])
+        elif rows == list(range(rows[0], rows[-1] + 1)):
+            source = best_logits[rows[0] : rows[-1] + 1]  # a view: no index to copy over
+        else:
+            source = best_logits[rows]
+        up = self._upsample(source, hw) > 0
+        copy = [j for j, row in enumerate(rows) if wanted[row] & {"masks", "mask_png"}]
+        if len(copy) == len(rows):
+            copied = self._to_host(up.view(torch.uint8))
+            host.update((row, copied[j]) for j, row in enumerate(rows))
+        else:
+            for j in copy:
+                host[rows[j]] = self._to_host(up[j].view(torch.uint8))
+        return up
+
     @staticmethod
     def _best_logits(
         out: dict[str, "torch.Tensor"], multi: list[bool]
@@ -700,7 +736,10 @@ class ImageSessionEngine:
         picked = masks[torch.arange(k, device=masks.device), best][:, None]
         if all(multi):
             return picked, best
-        is_multi = torch.tensor(multi, device=masks.device)
+        is_multi = torch.tensor(multi)
+        if masks.device.type == "cuda":  # from page-locked memory: no synchronisation
+            is_multi = is_multi.pin_memory()
+        is_multi = is_multi.to(masks.device, non_blocking=True)
         single = out["masks"]
         return (
             torch.where(is_multi.view(k, 1, 1, 1), picked, single),

@@ -48,10 +48,12 @@ class TorchModuleSession:
     padding is cut off), so that few shapes ever run; a larger batch runs as it is.
     ``cuda_graphs`` (CUDA only): each padded shape replays a CUDA graph captured at its first
     run (two plain runs first, so that compilation and library plans happen outside the
-    capture; the first replay is compared with a plain run, and a difference or a refused
-    capture turns graphs off for good, :attr:`error` saying why); at most ``max_graphs``
-    shapes get one, all in one memory pool (their runs never overlap, and their outputs are
-    copied out after each replay), and only batches of ``graph_batches`` rows (None: any).
+    capture; a graph's first :data:`CHECKED_REPLAYS` replays are compared with plain runs, and
+    a difference or a refused capture turns graphs off for good, :attr:`error` saying why);
+    at most ``max_graphs`` shapes get one (later shapes run without), all in one memory pool
+    (their runs never overlap, and their outputs are copied out after each replay), sharing
+    their input buffers of equal shape, and only batches of ``graph_batches`` rows (None:
+    any).
     ``compile_mode``: ``torch.compile``'s mode, or ``none``; a compilation that fails runs
     the module eager from then on (:attr:`compile_error`).
 
@@ -61,6 +63,10 @@ class TorchModuleSession:
     :class:`~sam2_triton.sessions.runtime.TorchOrtSession` (a burst of eight images would
     otherwise keep its working memory in every instance for good). A graph's pool is kept.
     """
+
+    #: Replays of each graph compared with a plain run: the first is often the warm-up's, on
+    #: the very inputs it was captured with; the second is a request's.
+    CHECKED_REPLAYS = 2
 
     def __init__(
         self,
@@ -103,7 +109,8 @@ class TorchModuleSession:
         self.release_above = release_above if cuda else None
         self._grown = False  # a run larger than release_above since the last release
         self.error: str | None = None
-        self._graphs: dict[tuple, tuple] = {}
+        self._graphs: dict[tuple, _Graph] = {}
+        self._buffers: dict[tuple, "torch.Tensor"] = {}
         self._pool = None
 
     @property
@@ -127,6 +134,11 @@ class TorchModuleSession:
                 try:
                     return tuple(self._compiled(*inputs))
                 except Exception as e:  # noqa: BLE001 - the compiler's failure, not the input's
+                    capturing = (
+                        self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+                    )
+                    if isinstance(e, torch.OutOfMemoryError) or capturing:
+                        raise  # the run's failure, not the compiler's
                     self._compiled = None
                     self.compile_error = f"{type(e).__name__}: {str(e).strip()[:500]}"
                     log.warning("torch.compile failed, running eager: %s", e, exc_info=True)
@@ -172,54 +184,78 @@ class TorchModuleSession:
 
     def _replay(self, inputs: list["torch.Tensor"]) -> tuple["torch.Tensor", ...] | None:
         """The outputs of this shape's graph replayed on ``inputs`` (captured on first use);
-        None where there is no graph for it."""
-
+        None where there is no graph for it. The outputs are the graph's own buffers."""
         key = tuple(tuple(x.shape) for x in inputs)
         graph = self._graphs.get(key)
         if graph is None:
             if len(self._graphs) >= self.max_graphs:
                 return None
             try:
-                graph = self._capture(inputs)
+                graph = self._graphs[key] = self._capture(inputs)
             except Exception as e:  # noqa: BLE001 - capture refused: no graphs from now on
-                self.error = f"CUDA graph capture failed: {str(e).strip().splitlines()[0]}"
-                log.warning("%s; running without CUDA graphs", self.error)
-                self._graphs.clear()
+                self._graphs_off(f"CUDA graph capture failed: {str(e).strip().splitlines()[0]}")
                 return None
-            if graph is None:
-                return None
-            self._graphs[key] = graph
-        cuda_graph, static_inputs, static_outputs = graph
-        for buffer, value in zip(static_inputs, inputs):
+        for buffer, value in zip(graph.inputs, inputs):
             buffer.copy_(value)
-        cuda_graph.replay()
-        return static_outputs
+        graph.cuda_graph.replay()
+        if graph.checked < self.CHECKED_REPLAYS:  # against a plain run on the same inputs
+            expected = self._forward(inputs)
+            worst = max(
+                float((a.float() - b.float()).abs().max()) for a, b in zip(graph.outputs, expected)
+            )
+            if not worst <= 1e-3:
+                self._graphs_off(f"a CUDA graph's answer differed from a plain run by {worst:g}")
+                return None
+            graph.checked += 1
+        return graph.outputs
 
-    def _capture(self, inputs: list["torch.Tensor"]) -> tuple | None:
+    def _graphs_off(self, why: str) -> None:
+        self.error = why
+        log.warning("%s; running without CUDA graphs", why)
+        self._graphs.clear()
+        self._buffers.clear()
+
+    def _buffer(self, index: int, like: "torch.Tensor") -> "torch.Tensor":
+        """The static buffer of input ``index`` for ``like``'s shape: shared by every graph
+        whose input has that shape (the decoder's features, 16 MiB a row, are held once per
+        bucket however many point counts have a graph; replays never overlap and each
+        copies its inputs in first)."""
         import torch
 
-        static_inputs = [x.clone() for x in inputs]
+        key = (index, tuple(like.shape), like.dtype)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty_like(like)
+        return self._buffers[key]
+
+    def _capture(self, inputs: list["torch.Tensor"]) -> "_Graph":
+        import torch
+
+        static_inputs = [self._buffer(i, x) for i, x in enumerate(inputs)]
+        for buffer, value in zip(static_inputs, inputs):
+            buffer.copy_(value)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):  # compilation, autotuning, library plans: not in the capture
-                expected = self._forward(static_inputs)
+                self._forward(static_inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
         cuda_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(cuda_graph, pool=self._pool):
             static_outputs = self._forward(static_inputs)
         if self._pool is None:
             self._pool = cuda_graph.pool()
-        cuda_graph.replay()
-        worst = max(
-            float((a.float() - b.float()).abs().max()) for a, b in zip(static_outputs, expected)
-        )
-        if not worst <= 1e-3:
-            self.error = f"a CUDA graph's answer differed from a plain run by {worst:g}"
-            log.warning("%s; running without CUDA graphs", self.error)
-            self._graphs.clear()
-            return None
-        return cuda_graph, static_inputs, static_outputs
+        return _Graph(cuda_graph, static_inputs, static_outputs)
+
+
+@dataclass
+class _Graph:
+    """One captured shape: the graph, its input buffers, its output buffers; ``checked``: how
+    many of its replays agreed with a plain run."""
+
+    cuda_graph: "torch.cuda.CUDAGraph"
+    inputs: list["torch.Tensor"]
+    outputs: tuple["torch.Tensor", ...]
+    checked: int = 0
 
 
 @dataclass(frozen=True)

@@ -125,9 +125,10 @@ class TritonPythonModel:
         self._executions = self._requests = 0
         if self._stage_log_every > 0:
             self.engine.clock = StageClock(device)
-        graphs_off = getattr(self.engine.decoder, "error", None)
-        if graphs_off:
-            log.log_warn(f"{self.name}: decoder without CUDA graphs: {graphs_off}")
+        for role in ("encoder", "decoder"):
+            graphs_off = getattr(getattr(self.engine, role), "error", None)
+            if graphs_off:
+                log.log_warn(f"{self.name}: {role} without CUDA graphs: {graphs_off}")
         if self.engine.compile_error:
             log.log_warn(f"{self.name}: torch.compile failed, eager: {self.engine.compile_error}")
         encoder = "the PyTorch modules" if networks else f"{graphs[0].name} for the encoder"
