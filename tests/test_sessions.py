@@ -393,14 +393,13 @@ def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, 
         return compiled
 
     _, eager = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu"))
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    decoder = TorchModuleSession(
-        eager.module,
-        eager.input_names,
-        eager.output_names,
-        torch.device("cpu"),
-        compile_mode="default",
-    )
+
+    def compiled_by(fake_compile) -> TorchModuleSession:
+        monkeypatch.setattr(torch, "compile", fake_compile)
+        names = (eager.input_names, eager.output_names)
+        return TorchModuleSession(eager.module, *names, eager.device, compile_mode="default")
+
+    decoder = compiled_by(broken_compile)
     assert decoder.providers == ["PyTorch cpu fp32 torch.compile default"]
     feed = decoder_feed(1, 2)
     asked = {"masks": (1, 1, 256, 256)}
@@ -417,14 +416,7 @@ def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, 
 
         return compiled
 
-    monkeypatch.setattr(torch, "compile", out_of_memory)
-    decoder = TorchModuleSession(
-        eager.module,
-        eager.input_names,
-        eager.output_names,
-        torch.device("cpu"),
-        compile_mode="default",
-    )
+    decoder = compiled_by(out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         decoder.run(feed, asked)
     assert decoder.compile_error is None
