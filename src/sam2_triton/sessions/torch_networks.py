@@ -149,8 +149,9 @@ class TorchModuleSession:
         feed: Mapping[str, "torch.Tensor"],
         output_shapes: Mapping[str, Sequence[int]],
     ) -> dict[str, "torch.Tensor"]:
-        """Run on ``feed`` (every input, on this device) and return the outputs named in
-        ``output_shapes`` as new float32 tensors."""
+        """Run on ``feed`` (every input as ``[k, ...]``, the contract's shapes, on this
+        device) and return the outputs named in ``output_shapes`` as new float32 ``[k, ...]``
+        tensors (only the names of ``output_shapes`` are read)."""
         import torch
 
         inputs = [feed[n].to(self.device, torch.float32) for n in self.input_names]
