@@ -15,7 +15,9 @@ def test_short_load_run_has_no_errors_and_identical_answers(triton_server, tmp_p
     out = tmp_path / "load.json"
     proc = run_script(
         "loadtest.py",
-        *("--url", triton_server.http_url, "--clients", 8, "--duration", 3),
+        # Four users on two instances (of each model): concurrent enough, and on CI's two
+        # cores each user's one session is most of the run's time (eight took 50 s).
+        *("--url", triton_server.http_url, "--clients", 4, "--duration", 3),
         *("--decodes", 3, "--json", out),
         check=False,
         timeout=400,
@@ -23,8 +25,8 @@ def test_short_load_run_has_no_errors_and_identical_answers(triton_server, tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(out.read_text())
     assert summary["errors"] == 0 and summary["mismatches"] == 0
-    assert summary["clients"] == 8
-    assert summary["sessions"] >= 8  # every client finished at least one session
+    assert summary["clients"] == 4
+    assert summary["sessions"] >= 4  # every client finished at least one session
     assert summary["decode"]["count"] == 3 * summary["sessions"]
     assert summary["decode_batch"]["count"] == summary["sessions"]
     for op in ("encode", "decode", "decode_batch"):
@@ -38,14 +40,14 @@ def test_sessions_mode_has_no_errors_and_identical_answers(triton_server, tmp_pa
     proc = run_script(
         "loadtest.py",
         *("--url", triton_server.grpc_url, "--protocol", "grpc", "--mode", "sessions"),
-        *("--clients", 8, "--duration", 3, "--decodes", 3, "--json", out),
+        *("--clients", 4, "--duration", 3, "--decodes", 3, "--json", out),
         check=False,
         timeout=400,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(out.read_text())
     assert summary["errors"] == 0 and summary["mismatches"] == 0
-    assert summary["sessions"] >= 8
+    assert summary["sessions"] >= 4
     assert summary["session_start"]["count"] == summary["sessions"]
     assert summary["click"]["count"] == 2 * summary["sessions"]
     assert summary["encode"]["count"] == 0  # the stateless models were not used
