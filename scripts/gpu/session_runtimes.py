@@ -7,9 +7,10 @@ repository's graphs, the encoder's fused one) or on the PyTorch modules
 (``--runtime pytorch``, ``--torch-compile MODE``), then times: the networks alone (encoder
 batch 1 and 8, decoder batch 1, 16 and 64 with two points), a session's start from a
 1920x1080 JPEG, one click (run lengths; full masks), a batch of 16 sessions' clicks, and
-the stages of a click (the engine's stage clock). Writes one JSON line to ``--out`` and the
-low-res logits of fixed clicks on a photo to ``--out``'s ``.npz`` twin, which ``--compare``
-sets side by side (the answers of two variants).
+the stages of a click (the benchmark's in-process cases,
+:class:`~sam2_triton.bench.sessions.InProcessSessions`, on this engine). Writes one JSON
+line to ``--out`` and the low-res logits of fixed clicks on a photo to ``--out``'s
+``.npz`` twin, which ``--compare`` sets side by side (the answers of two variants).
 
     python scripts/gpu/session_runtimes.py --repository R --checkpoint C --runtime pytorch \
         --torch-compile default --out OUT/pytorch_default.jsonl
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import time
 from pathlib import Path
@@ -70,17 +72,17 @@ def main() -> None:
     from PIL import Image
     from skimage import data
 
-    from sam2_triton.bench.profile import device_used_gib, graph_paths, time_call
-    from sam2_triton.bench.sessions import clicks, photo_jpeg
-    from sam2_triton.export import ENCODER_OUTPUTS, TENSOR_SHAPES
-    from sam2_triton.model_config import SessionServing
-    from sam2_triton.sessions.image import (
-        ImageSessionEngine,
-        SessionLimits,
-        SessionRequest,
-        decoder_shapes,
+    from sam2_triton.bench.profile import device_used_gib, graph_paths, model_feeds, time_call
+    from sam2_triton.bench.sessions import (
+        FULL_OUTPUTS,
+        RLE_OUTPUTS,
+        InProcessSessions,
+        clicks,
+        photo_jpeg,
     )
-    from sam2_triton.sessions.runtime import StageClock, bucket_sizes
+    from sam2_triton.model_config import SessionServing
+    from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits, SessionRequest
+    from sam2_triton.sessions.runtime import bucket_sizes
     from sam2_triton.sessions.torch_networks import TorchNetworks
 
     device = torch.device(args.device)
@@ -121,91 +123,47 @@ def main() -> None:
         stats = time_call(call, device, iterations, warmup, 1.0)
         return round(stats["p50_ms"], 3)
 
-    # The networks alone.
-    for batch in (int(b) for b in args.encoder_batches.split(",")):
-        image = torch.randn((batch, 3, 1024, 1024), device=device)
-        shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
-        ms = timed(lambda image=image, shapes=shapes: engine.encoder.run({"image": image}, shapes))
-        row[f"encoder_b{batch}_ms"] = ms
-        row[f"encoder_b{batch}_img_s"] = round(batch / ms * 1e3, 1)
-    inputs, outputs = decoder_shapes(2)
-    for batch in (int(b) for b in args.decoder_batches.split(",")):
-        feed = {n: torch.randn((batch, *s), device=device) for n, s in inputs.items()}
-        feed["point_labels"] = torch.ones((batch, 2), device=device)
-        feed["has_mask_input"] = torch.zeros((batch, 1), device=device)
-        out = {n: (batch, *s) for n, s in outputs.items() if not n.startswith("multimask")}
-        ms = timed(lambda feed=feed, out=out: engine.decoder.run(feed, out))
-        row[f"decoder_b{batch}_ms"] = ms
-        row[f"decoder_b{batch}_masks_s"] = round(batch / ms * 1e3, 1)
+    def indexed(call):
+        """``call(i)`` (a benchmark case's call) as ``call()``, ``i`` counting up."""
+        count = itertools.count()
+        return lambda: call(next(count))
+
+    # The networks alone, on the profile's feeds (the decoder's: two points).
+    for model, batches, unit in (
+        ("encoder", args.encoder_batches, "img_s"),
+        ("decoder", args.decoder_batches, "masks_s"),
+    ):
+        network = getattr(engine, model)
+        for batch in (int(b) for b in batches.split(",")):
+            feed, shapes = model_feeds(model, batch, device)
+            ms = timed(lambda network=network, feed=feed, shapes=shapes: network.run(feed, shapes))
+            row[f"{model}_b{batch}_ms"] = ms
+            row[f"{model}_b{batch}_{unit}"] = round(batch / ms * 1e3, 1)
     row["after_networks_gib"] = used_gib()
     print(json.dumps(row), flush=True)
 
-    # Sessions: a start, clicks, a batch of 16 sessions' clicks.
+    # Sessions: the benchmark's in-process cases on this engine (a start, clicks, a batch of
+    # 16 sessions' clicks, where a click's time goes).
+    sessions = InProcessSessions(args.repository, args.device, engine=engine)
     jpeg = photo_jpeg()
-    ids = iter(range(10**9))
-
-    def start():
-        request = SessionRequest(next(ids), start=True, end=True, image_bytes=jpeg)
-        (answer,) = engine.execute([request])
-        assert not isinstance(answer, Exception), answer
-
-    row["start_1080p_ms"] = timed(start, min(30, args.iterations))
-    session = next(ids)
-    engine.execute([SessionRequest(session, start=True, image_bytes=jpeg)])
     prompts = clicks((1080, 1920))
-    for outputs_wanted in (("mask_rle",), ("masks",)):
-        requests = [
-            SessionRequest(
-                session,
-                points=c["point_coords"],
-                labels=c["point_labels"],
-                outputs=frozenset(outputs_wanted),
-            )
-            for c in prompts
-        ]
-        counter = iter(range(10**9))
-
-        def click(requests=requests, counter=counter):
-            (answer,) = engine.execute([requests[next(counter) % len(requests)]])
-            assert not isinstance(answer, Exception), answer
-
-        row[f"click_{outputs_wanted[0]}_ms"] = timed(click, 4 * args.iterations, 10)
-    keys = [next(ids) for _ in range(16)]
-    engine.execute([SessionRequest(k, start=True, image_bytes=jpeg) for k in keys])
-    batches = [
-        [
-            SessionRequest(
-                k,
-                points=prompts[(i + j) % len(prompts)]["point_coords"],
-                labels=prompts[(i + j) % len(prompts)]["point_labels"],
-                outputs=frozenset({"mask_rle"}),
-            )
-            for j, k in enumerate(keys)
-        ]
-        for i in range(len(prompts))
-    ]
-    counter16 = iter(range(10**9))
-    ms = timed(lambda: engine.execute(batches[next(counter16) % len(batches)]), args.iterations, 5)
+    row["start_1080p_ms"] = timed(indexed(sessions.start(jpeg)(0)), min(30, args.iterations))
+    for outputs in (RLE_OUTPUTS, FULL_OUTPUTS):
+        click = indexed(sessions.decode(jpeg, prompts, outputs)(0))
+        row[f"click_{outputs[-1]}_ms"] = timed(click, 4 * args.iterations, 10)
+    batch = indexed(sessions.decode_batch(jpeg, prompts, RLE_OUTPUTS, 16)(0))
+    ms = timed(batch, args.iterations, 5)
     row["clicks_16_sessions_ms"] = ms
     row["clicks_16_sessions_masks_s"] = round(16 / ms * 1e3, 1)
-    engine.clock = StageClock(device)
-    for i in range(2 * args.iterations):
-        click_request = SessionRequest(
-            session,
-            points=prompts[i % len(prompts)]["point_coords"],
-            labels=prompts[i % len(prompts)]["point_labels"],
-            outputs=frozenset({"mask_rle"}),
-        )
-        engine.execute([click_request])
-    row["click_stages_ms"] = engine.clock.mean_ms(2 * args.iterations)
-    engine.clock = None
+    make_click = sessions.decode(jpeg, prompts, RLE_OUTPUTS)
+    row["click_stages_ms"] = sessions.stage_profile(make_click, 2 * args.iterations)
     row["after_sessions_gib"] = used_gib()
 
     # Answers to compare across variants: a photo, fixed clicks, their best low-res logits.
     photo = data.astronaut()
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, "PNG")
-    key = next(ids)
+    key = "compared photo"
     engine.execute([SessionRequest(key, start=True, image_bytes=buffer.getvalue())])
     logits = {}
     for i, c in enumerate(clicks(photo.shape[:2], 4)):

@@ -22,12 +22,16 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sam2_triton.client.session import new_session_id
 from sam2_triton.client.triton import SESSION_INPUT_TYPES
 from sam2_triton.model_config import SESSION, SESSION_HEADER
+
+if TYPE_CHECKING:
+    from sam2_triton.sessions.image import ImageSessionEngine
 
 #: Answers of a decode: what an interactive client draws.
 RLE_OUTPUTS = ("iou_predictions", "mask_rle")
@@ -181,9 +185,20 @@ class SessionCaller:
 class InProcessSessions:
     """The baseline: :class:`ImageSessionEngine` called directly, on the files and device the
     server uses (the encoder's fused graph on a GPU, as the server loads it) with the
-    server's default of CUDA graphs for single decodes."""
+    server's default of CUDA graphs for single decodes; or ``engine``, made elsewhere."""
 
-    def __init__(self, repository, device: str) -> None:
+    def __init__(self, repository, device: str, engine: "ImageSessionEngine | None" = None) -> None:
+        if engine is not None:  # an engine made elsewhere (scripts/gpu/session_runtimes.py)
+            self.engine = engine
+        else:
+            self.engine = self._served_engine(repository, device)
+        self._ids = itertools.count(1)
+        self._session: int | None = None  # one open session, shared by the decode cases
+        self._batch_sessions: dict[int, list[int]] = {}  # k -> k open sessions, likewise
+
+    @staticmethod
+    def _served_engine(repository, device: str) -> "ImageSessionEngine":
+        """The engine as the server's ``sam2_session`` config makes it on ``device``."""
         import torch
 
         from sam2_triton.export import CUDA_MODEL_FILENAME
@@ -205,7 +220,7 @@ class InProcessSessions:
                 lambda k, d: (parameters[k].string_value if k in parameters else "") or d,
                 repository,
             )
-        self.engine = ImageSessionEngine(
+        engine = ImageSessionEngine(
             encoder,
             repository / "sam2_decoder" / "1" / "model.onnx",
             torch.device(device),
@@ -213,10 +228,8 @@ class InProcessSessions:
             torch_networks=networks,
         )
         if networks is not None and device == "cuda":
-            self.engine.warm()  # as the server's instances: compiled and graphs captured
-        self._ids = itertools.count(1)
-        self._session: int | None = None  # one open session, shared by the decode cases
-        self._batch_sessions: dict[int, list[int]] = {}  # k -> k open sessions, likewise
+            engine.warm()  # as the server's instances: compiled and graphs captured
+        return engine
 
     def start(self, image: bytes) -> Callable[[int], Callable[[int], object]]:
         from sam2_triton.sessions.image import SessionRequest
