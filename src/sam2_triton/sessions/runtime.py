@@ -97,6 +97,34 @@ def session_options(device: "torch.device", intra_op_threads: int = 0):
     return options
 
 
+class AfterLargeRuns:
+    """When to give back the working memory large runs left behind: at the first run of at
+    most ``threshold`` rows after runs of more (not on the large runs themselves: a burst is
+    several of them back to back, and memory given back after each would be allocated again
+    for the next). ``threshold`` None: never."""
+
+    def __init__(self, threshold: int | None) -> None:
+        self.threshold = threshold
+        self._last_large = False
+
+    def release_now(self, rows: int) -> bool:
+        """Whether the run of ``rows`` about to start should give the memory back."""
+        if self.threshold is None:
+            return False
+        large = rows > self.threshold
+        release, self._last_large = self._last_large and not large, large
+        return release
+
+
+def padded_rows(value: "torch.Tensor", rows: int) -> "torch.Tensor":
+    """``value`` ``[k, ...]`` with its last row repeated up to ``rows`` rows (a batch padded
+    to a bucket size: rows do not interact, so the real rows' answers are unchanged)."""
+    import torch
+
+    k = value.shape[0]
+    return value if rows == k else torch.cat([value, value[-1:].expand(rows - k, *value.shape[1:])])
+
+
 class TorchOrtSession:
     """One ONNX graph run on torch tensors of one device (float32 inputs and outputs).
 
@@ -139,7 +167,7 @@ class TorchOrtSession:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.shrink_arena_above = shrink_arena_above
-        self._grown = False  # a run larger than shrink_arena_above since the last shrink
+        self._after_large_runs = AfterLargeRuns(shrink_arena_above)
         self._shrink = None
         if shrink_arena_above is not None and device.type == "cuda":
             self._shrink = ort.RunOptions()
@@ -180,12 +208,9 @@ class TorchOrtSession:
         if kind == "cuda":
             # torch wrote the inputs on its stream; ONNX Runtime reads them on its own.
             torch.cuda.current_stream(self.device).synchronize()
-        shrink = None
-        if self._shrink is not None:
-            large = next(iter(feed.values())).shape[0] > self.shrink_arena_above
-            if self._grown and not large:
-                shrink, self._grown = self._shrink, False
-            self._grown |= large
+        rows = next(iter(feed.values())).shape[0]
+        release = self._shrink is not None and self._after_large_runs.release_now(rows)
+        shrink = self._shrink if release else None
         self.session.run_with_iobinding(binding, shrink)  # returns once the device is done
         return outputs
 
@@ -234,7 +259,8 @@ class CudaGraphOrtSession(TorchOrtSession):
         else:  # the plain runs go to the given session's ONNX Runtime session
             self.device, self.path, self.session = device, Path(path), plain.session
             self.input_names, self.output_names = plain.input_names, plain.output_names
-            self.shrink_arena_above, self._grown, self._shrink = None, False, None
+            self.shrink_arena_above, self._shrink = None, None
+            self._after_large_runs = AfterLargeRuns(None)
         options = session_options(device, intra_op_threads)
         providers = providers_for(device, provider_options)
         providers[0] = (providers[0][0], {**providers[0][1], "enable_cuda_graph": "1"})
@@ -419,18 +445,12 @@ class BucketedOrtSession:
                 session.run(feed, {n: (b, *s) for n, s in output_shapes.items()})
 
     def run(self, feed, output_shapes):
-        import torch
 
         k = next(iter(feed.values())).shape[0]
         bucket = next((b for b in self.buckets if b >= k), None)
         if k == 1 or bucket is None:
             return self.single.run(feed, output_shapes)
-        if bucket == k:
-            padded = feed
-        else:
-            padded = {
-                n: torch.cat([v, v[-1:].expand(bucket - k, *v.shape[1:])]) for n, v in feed.items()
-            }
+        padded = {n: padded_rows(v, bucket) for n, v in feed.items()}
         out = self.sessions[bucket].run(
             padded, {n: (bucket, *tuple(s)[1:]) for n, s in output_shapes.items()}
         )

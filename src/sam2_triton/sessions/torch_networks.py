@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from sam2_triton.model_config import SESSION_COMPILE_MODES, SESSION_WEIGHTS
 from sam2_triton.models import UserError
+from sam2_triton.sessions.runtime import AfterLargeRuns, padded_rows
 
 if TYPE_CHECKING:
     import torch
@@ -106,8 +107,7 @@ class TorchModuleSession:
         self.buckets = sorted({int(b) for b in buckets if int(b) >= 1})
         self.max_graphs = max_graphs if cuda and cuda_graphs else 0
         self.graph_batches = None if graph_batches is None else frozenset(graph_batches)
-        self.release_above = release_above if cuda else None
-        self._grown = False  # a run larger than release_above since the last release
+        self._after_large_runs = AfterLargeRuns(release_above if cuda else None)
         self.error: str | None = None
         self._graphs: dict[tuple, _Graph] = {}
         self._buffers: dict[tuple, "torch.Tensor"] = {}
@@ -157,15 +157,9 @@ class TorchModuleSession:
         inputs = [feed[n].to(self.device, torch.float32) for n in self.input_names]
         k = inputs[0].shape[0]
         bucket = next((b for b in self.buckets if b >= k), k)
-        if bucket != k:
-            inputs = [torch.cat([x, x[-1:].expand(bucket - k, *x.shape[1:])]) for x in inputs]
-        inputs = [x.contiguous() for x in inputs]
-        if self.release_above is not None:
-            large = bucket > self.release_above
-            if self._grown and not large:
-                torch.cuda.empty_cache()
-                self._grown = False
-            self._grown |= large
+        inputs = [padded_rows(x, bucket).contiguous() for x in inputs]
+        if self._after_large_runs.release_now(bucket):
+            torch.cuda.empty_cache()
         graphs = self.max_graphs and self.error is None
         if graphs and self.graph_batches is not None and bucket not in self.graph_batches:
             graphs = False
