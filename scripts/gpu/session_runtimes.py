@@ -151,6 +151,9 @@ def main() -> None:
     for outputs in (RLE_OUTPUTS, FULL_OUTPUTS):
         click = indexed(sessions.decode(jpeg, prompts, outputs)(0))
         row[f"click_{outputs[-1]}_ms"] = timed(click, 4 * args.iterations, 10)
+    # How many runs each click's mask has (its mask_rle answer is 4 bytes a run).
+    click = sessions.decode(jpeg, prompts, RLE_OUTPUTS)(0)
+    row["mask_rle_runs"] = [len(click(i).mask_rle) for i in range(len(prompts))]
     batch = indexed(sessions.decode_batch(jpeg, prompts, RLE_OUTPUTS, 16)(0))
     ms = timed(batch, args.iterations, 5)
     row["clicks_16_sessions_ms"] = ms
