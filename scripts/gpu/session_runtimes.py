@@ -49,6 +49,30 @@ def compare(a: str, b: str) -> None:
         )
 
 
+def profile_table(call, device, calls: int) -> str:
+    """torch.profiler's table of ``calls`` calls of ``call(i)`` (after two untimed ones):
+    the operators and kernels by their device time, then by their host time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    call(0), call(1)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        for i in range(calls):
+            call(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    averages = prof.key_averages()
+    by_device = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return "\n\n".join(
+        averages.table(sort_by=key, row_limit=40, max_name_column_width=70)
+        for key in (by_device, "cpu_time_total")
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repository", type=Path)
@@ -63,10 +87,16 @@ def main() -> None:
     p.add_argument("--decoder-batches", default="1,16,64")
     p.add_argument("--out", type=Path)
     p.add_argument("--compare", nargs=2, metavar="NPZ")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also write torch.profiler's tables of a click and of 16 sessions' clicks",
+    )
     args = p.parse_args()
     if args.compare:
         compare(*args.compare)
         return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     import torch
     from PIL import Image
@@ -74,7 +104,7 @@ def main() -> None:
 
     from sam2_triton.bench.profile import device_used_gib, graph_paths, model_feeds, time_call
     from sam2_triton.bench.sessions import (
-        FULL_OUTPUTS,
+        DECODE_OUTPUTS,
         RLE_OUTPUTS,
         InProcessSessions,
         clicks,
@@ -148,7 +178,7 @@ def main() -> None:
     jpeg = photo_jpeg()
     prompts = clicks((1080, 1920))
     row["start_1080p_ms"] = timed(indexed(sessions.start(jpeg)(0)), min(30, args.iterations))
-    for outputs in (RLE_OUTPUTS, FULL_OUTPUTS):
+    for outputs in DECODE_OUTPUTS:
         click = indexed(sessions.decode(jpeg, prompts, outputs)(0))
         row[f"click_{outputs[-1]}_ms"] = timed(click, 4 * args.iterations, 10)
     # How many runs each click's mask has (its mask_rle answer is 4 bytes a run).
@@ -160,6 +190,12 @@ def main() -> None:
     row["clicks_16_sessions_masks_s"] = round(16 / ms * 1e3, 1)
     make_click = sessions.decode(jpeg, prompts, RLE_OUTPUTS)
     row["click_stages_ms"] = sessions.stage_profile(make_click, 2 * args.iterations)
+    make_batch = sessions.decode_batch(jpeg, prompts, RLE_OUTPUTS, 16)
+    row["clicks_16_sessions_stages_ms"] = sessions.stage_profile(make_batch, args.iterations)
+    if args.trace:
+        for name, make in (("click", make_click), ("clicks_16_sessions", make_batch)):
+            table = profile_table(make(0), device, calls=20)
+            args.out.with_name(f"{args.out.stem}_{name}_profile.txt").write_text(table)
     row["after_sessions_gib"] = used_gib()
 
     # Answers to compare across variants: a photo, fixed clicks, their best low-res logits.
@@ -175,7 +211,6 @@ def main() -> None:
         )
         (answer,) = engine.execute([request])
         logits[f"click{i}"] = answer.low_res_masks
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out.with_suffix(".npz"), **logits)
     with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
