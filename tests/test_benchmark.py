@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+import pytest
 from conftest import ROOT, run_script
 
 
@@ -36,6 +38,11 @@ def test_quick_benchmark_against_embedded_triton(
         1,
         "--warmup",
         0,
+        # Two users, their clients in two processes (as 32 users run in four).
+        "--session-concurrency",
+        "1,2",
+        "--client-processes",
+        2,
         timeout=600,
     )
     assert "wrote" in proc.stdout
@@ -67,7 +74,11 @@ def test_quick_benchmark_against_embedded_triton(
         assert r["baseline"]["backend"] == "sam2_triton.sessions", r
         assert r["ratio"]["p50_latency"] > 0
         if r["model"] == "session_decode":
-            assert r["outputs"] in (["iou_predictions", "mask_rle"], ["iou_predictions", "masks"])
+            assert r["outputs"] in (
+                ["iou_predictions"],
+                ["iou_predictions", "mask_rle"],
+                ["iou_predictions", "masks"],
+            )
             assert 0 < r["request_bytes"] <= 2048, r  # a click is a small request
             # Where a click's time goes in process, alone and in a batch of sessions.
             assert r["baseline"]["stages_ms"]["decoder"] > 0, r
@@ -78,6 +89,12 @@ def test_quick_benchmark_against_embedded_triton(
             assert {"image decode", "encoder"} <= set(r["baseline"]["stages_ms"]), r
         served = r["server"]["sam2_session"]  # Triton's split of the session model's time
         assert served["requests"] >= r["calls"] and served["compute_infer_ms"] > 0, r
+        assert r["client_cpu_cores"] > 0, r  # how busy the benchmark's own process was
+    decodes = [r for r in sessions if r["model"] == "session_decode"]
+    assert len({tuple(r["outputs"]) for r in decodes}) == 3  # IoU alone, run lengths, masks
+    for r in decodes:  # two users: one per process, each timed call counted once
+        assert r["client_processes"] == r["concurrency"], r
+        assert r["server"]["sam2_session"]["requests"] >= r["calls"] >= r["concurrency"], r
     for r in (r for r in triton if r not in sessions):
         base = r["baseline"]
         assert base["backend"] == "onnxruntime" and base["latency_ms_p50"] > 0, r
@@ -96,6 +113,20 @@ def test_quick_benchmark_against_embedded_triton(
     assert "| session_decode (iou_predictions, mask_rle) | 2 |" in md  # stages, batch of 2
     assert all("fp16" in s["case"] for s in report["skipped"]), report["skipped"]
     assert (out / "latency_vs_concurrency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_client_processes_report_a_worker_failure():
+    """A user's client failing in another process (no server there) stops the case with
+    that process's error, not a hang."""
+    from sam2_triton.bench.sessions import SessionClicks
+    from sam2_triton.bench.stats import closed_loop_processes
+    from sam2_triton.bench.triton import TritonTarget
+
+    clicks = SessionClicks(
+        TritonTarget(http_url="127.0.0.1:9", timeout_s=5), "http", np.zeros(4, np.uint8), [], ()
+    )
+    with pytest.raises(RuntimeError, match="Connection refused|connect"):
+        closed_loop_processes(clicks, processes=2, concurrency=2, iterations=1, timeout_s=60)
 
 
 def test_plot_draws_the_session_cases(tmp_path):

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="users clicking on sam2_session at once, one session each (default 1,8,32)",
     )
     p.add_argument(
+        "--client-processes",
+        type=int,
+        help="processes the session users' clients run in (default: one per 8 users; one "
+        "Python process's threads manage about 2,000 small requests a second)",
+    )
+    p.add_argument(
         "--session-batch",
         type=int,
         help="sessions' clicks per execute in the in-process engine's batch case (default 16, "
@@ -153,6 +159,7 @@ def config_from_args(args: argparse.Namespace):
         "concurrency": "concurrency",
         "session_concurrency": "session_concurrency",
         "session_batch": "session_batch",
+        "client_processes": "session_client_processes",
         "triton_encoder_batches": "triton_encoder_batches",
         "triton_decoder_batches": "triton_decoder_batches",
         "iterations": "iterations",

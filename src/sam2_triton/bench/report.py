@@ -41,6 +41,14 @@ def _series(r: dict) -> str:
     return key + (f" {r['label']}" if r.get("label") else "")
 
 
+def _client_cpu(r: dict) -> str:
+    """The client's CPU use in a case, with its processes where several ran the users."""
+    cpu, processes = r.get("client_cpu_cores"), r.get("client_processes", 1)
+    if cpu is None:
+        return ""
+    return f"{cpu:.2f}" + (f" ({processes} processes)" if processes > 1 else "")
+
+
 def _size(r: dict) -> str:
     if r["model"] == "decoder":
         return f"{r['batch']} × {r.get('points', '?')} pts"
@@ -90,11 +98,13 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             "Server side, per request (Triton's statistics over each case; client p50 for "
-            "comparison; the rest of the client's time is the client and the wire):",
+            "comparison; the rest of the client's time is the client and the wire; client "
+            "CPU: the benchmark's CPU seconds per second, near 1 per process its Python may "
+            "set the pace):",
             "",
             "| case | transport | conc. | served model | mean batch | client p50 ms "
-            "| server ms | queue | compute input | compute infer | compute output |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| server ms | queue | compute input | compute infer | compute output | client CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in served:
             for model, st in r["server"].items():
@@ -103,7 +113,7 @@ def markdown(report: dict) -> str:
                     f"| {model} | {st['mean_batch']} | {r['latency_ms']['p50']:.2f} "
                     f"| {st['success_ms']:.2f} | {st['queue_ms']:.2f} "
                     f"| {st['compute_input_ms']:.2f} | {st['compute_infer_ms']:.2f} "
-                    f"| {st['compute_output_ms']:.2f} |"
+                    f"| {st['compute_output_ms']:.2f} | {_client_cpu(r)} |"
                 )
     staged = [r for r in report["results"] if (r.get("baseline") or {}).get("stages_ms")]
     if staged:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,11 +32,18 @@ from sam2_triton.client.triton import SESSION_INPUT_TYPES
 from sam2_triton.model_config import SESSION, SESSION_HEADER
 
 if TYPE_CHECKING:
+    from sam2_triton.bench.triton import TritonTarget
     from sam2_triton.sessions.image import ImageSessionEngine
 
 #: Answers of a decode: what an interactive client draws.
 RLE_OUTPUTS = ("iou_predictions", "mask_rle")
 FULL_OUTPUTS = ("iou_predictions", "masks")
+#: A decode's answer without its mask: what a click costs besides its mask's bytes (with
+#: random weights a mask is speckle, hundreds of thousands of runs, where a real object's
+#: outline has a few thousand; this case bounds what such a mask adds).
+IOU_OUTPUTS = ("iou_predictions",)
+#: The decode cases the benchmark runs, served and in process.
+DECODE_OUTPUTS = (IOU_OUTPUTS, RLE_OUTPUTS, FULL_OUTPUTS)
 
 
 def photo_jpeg(width: int = 1920, height: int = 1080, quality: int = 90) -> bytes:
@@ -99,42 +107,84 @@ def request_bytes(inputs: dict[str, np.ndarray], outputs: Sequence[str], session
     return len(body) + len(f"{SESSION_HEADER}: {session_id}\r\n")
 
 
+def _infer(
+    target, protocol: str, client, inputs: dict, outputs: Sequence[str], session_id: int, **flags
+):
+    """One ``sam2_session`` request of ``session_id`` (its affinity header too)."""
+    module = target.module(protocol)
+    header = SESSION_HEADER if protocol == "http" else SESSION_HEADER.lower()
+    return client.infer(
+        SESSION,
+        _tensors(module, protocol, inputs),
+        outputs=_outputs(module, protocol, outputs),
+        sequence_id=session_id,
+        headers={header: str(session_id)},
+        **flags,
+    )
+
+
+@dataclass
+class SessionClicks:
+    """A ``make_call`` factory (for :func:`~sam2_triton.bench.stats.closed_loop`): each
+    worker gets its own client, opens a session on ``image`` (untimed), then each call is
+    one click of ``prompts`` on it, asking for ``outputs``. Plain data, so it can be sent to
+    other processes (:func:`~sam2_triton.bench.stats.closed_loop_processes`)."""
+
+    target: "TritonTarget"
+    protocol: str
+    image: np.ndarray  # the file's bytes as uint8
+    prompts: list[dict[str, np.ndarray]]
+    outputs: tuple[str, ...]
+    clients: list = field(default_factory=list, repr=False)  # this process's, for closing
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "clients": []}  # clients stay in the process that made them
+
+    def __call__(self, _worker: int) -> Callable[[int], object]:
+        client = self.target.client(self.protocol)
+        self.clients.append(client)
+        session_id = new_session_id()
+        _infer(
+            self.target,
+            self.protocol,
+            client,
+            {"image_bytes": self.image},
+            ("image_size",),
+            session_id,
+            sequence_start=True,
+        )
+        prompts, outputs = self.prompts, self.outputs
+
+        def call(i: int):
+            return _infer(
+                self.target, self.protocol, client, prompts[i % len(prompts)], outputs, session_id
+            )
+
+        return call
+
+
 class SessionCaller:
     """``make_call`` factories (for :func:`~sam2_triton.bench.stats.closed_loop`) of
     session requests to a running server, one client per worker."""
 
-    def __init__(self, target, protocol: str, image: bytes) -> None:
+    def __init__(self, target: "TritonTarget", protocol: str, image: bytes) -> None:
         self.target = target
         self.protocol = protocol
         self.image = np.frombuffer(image, np.uint8)
-        self.module = target.module(protocol)
         self._clients: list = []
-        self._sessions: dict[int, int] = {}  # worker -> its open session, reused by cases
-
-    def _client(self):
-        client = self.target.client(self.protocol)
-        self._clients.append(client)
-        return client
-
-    def _infer(self, client, inputs: dict, outputs: Sequence[str], session_id: int, **flags):
-        header = SESSION_HEADER if self.protocol == "http" else SESSION_HEADER.lower()
-        return client.infer(
-            SESSION,
-            _tensors(self.module, self.protocol, inputs),
-            outputs=_outputs(self.module, self.protocol, outputs),
-            sequence_id=session_id,
-            headers={header: str(session_id)},
-            **flags,
-        )
+        self._clicks: list[SessionClicks] = []
 
     def start(self) -> Callable[[int], Callable[[int], object]]:
         """Each call: a new session on the image (start and end in one request)."""
 
         def make(_worker: int):
-            client = self._client()
+            client = self.target.client(self.protocol)
+            self._clients.append(client)
 
             def call(_i: int):
-                return self._infer(
+                return _infer(
+                    self.target,
+                    self.protocol,
                     client,
                     {"image_bytes": self.image},
                     ("image_size",),
@@ -147,39 +197,18 @@ class SessionCaller:
 
         return make
 
-    def decode(
-        self, prompts: list[dict[str, np.ndarray]], outputs: Sequence[str]
-    ) -> Callable[[int], Callable[[int], object]]:
+    def decode(self, prompts: list[dict[str, np.ndarray]], outputs: Sequence[str]) -> SessionClicks:
         """Each worker opens a session (untimed), then each call is one click on it."""
-
-        def make(_worker: int):
-            client = self._client()
-            session_id = new_session_id()
-            self._infer(
-                client,
-                {"image_bytes": self.image},
-                ("image_size",),
-                session_id,
-                sequence_start=True,
-            )
-
-            def call(i: int):
-                return self._infer(client, prompts[i % len(prompts)], outputs, session_id)
-
-            return call
-
-        return make
+        clicks = SessionClicks(self.target, self.protocol, self.image, prompts, tuple(outputs))
+        self._clicks.append(clicks)
+        return clicks
 
     def close(self) -> None:
-        """End the open sessions and close the clients."""
-        if self._sessions:
-            client = self._client()
-            for session_id in self._sessions.values():
-                self._infer(client, {}, ("image_size",), session_id, sequence_end=True)
-            self._sessions.clear()
-        for client in self._clients:
+        """Close the clients (the sessions they opened expire on the server)."""
+        for client in self._clients + [c for clicks in self._clicks for c in clicks.clients]:
             client.close()
         self._clients.clear()
+        self._clicks.clear()
 
 
 class InProcessSessions:

@@ -146,3 +146,97 @@ def closed_loop(
     if errors:
         raise errors[0]
     return [x for per_worker in latencies for x in per_worker], wall
+
+
+def closed_loop_processes(
+    make_call: Callable[[int], Callable[[int], object]],
+    *,
+    processes: int,
+    concurrency: int,
+    iterations: int = 20,
+    warmup: int = 3,
+    min_time_s: float = 0.0,
+    on_start: Callable[[], None] | None = None,
+    timeout_s: float = 600.0,
+) -> tuple[list[float], float, float]:
+    """:func:`closed_loop` with its ``concurrency`` workers spread over ``processes`` new
+    processes (threads within each): one Python process's interpreter lock caps how many
+    requests per second its threads can make, and at a few thousand a second the client,
+    not the server, would set the pace. ``make_call`` must pickle (it is sent to each
+    process; each calls it for its own workers, numbered across processes).
+
+    All processes warm up, then ``on_start()`` runs here, then all start their timed calls
+    together. Returns (latencies in s, wall time in s from the common start to the last
+    worker's end, the processes' CPU seconds per wall second during the timed calls). An
+    exception in a process is raised here as a RuntimeError with its message."""
+    import multiprocessing
+
+    if processes < 1 or concurrency < processes:
+        raise ValueError("need 1 <= processes <= concurrency")
+    context = multiprocessing.get_context("spawn")  # no fork of this process's threads
+    warmed, go = context.Barrier(processes + 1), context.Barrier(processes + 1)
+    results = context.Queue()
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    firsts = [sum(shares[:i]) for i in range(processes)]
+    workers = [
+        context.Process(
+            target=_process_loop,
+            args=(make_call, first, share, iterations, warmup, min_time_s, warmed, go, results),
+            daemon=True,
+        )
+        for first, share in zip(firsts, shares)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        warmed.wait(timeout_s)
+        if on_start is not None:
+            on_start()
+        go.wait(timeout_s)
+        outcomes = [results.get(timeout=timeout_s) for _ in workers]
+    except threading.BrokenBarrierError:
+        outcomes = [results.get(timeout=5) for _ in range(results.qsize())]
+        failed = [o for o in outcomes if isinstance(o, str)]
+        raise RuntimeError(failed[0] if failed else "a client process failed") from None
+    finally:
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.terminate()
+    failed = [o for o in outcomes if isinstance(o, str)]
+    if failed:
+        raise RuntimeError(failed[0])
+    start = min(o[1] for o in outcomes)
+    wall = max(o[2] for o in outcomes) - start
+    cpu = sum(o[3] for o in outcomes)
+    return [x for o in outcomes for x in o[0]], wall, (cpu / wall if wall > 0 else 0.0)
+
+
+def _process_loop(
+    make_call, first, share, iterations, warmup, min_time_s, warmed, go, results
+) -> None:
+    """One process of :func:`closed_loop_processes`: ``share`` workers numbered from
+    ``first``; puts (latencies, start, end, CPU seconds) on ``results``, or the error's text.
+    ``time.perf_counter`` is the system's monotonic clock, shared by the processes."""
+    times = {}
+
+    def started() -> None:
+        warmed.wait()
+        go.wait()
+        times["start"], times["cpu"] = time.perf_counter(), time.process_time()
+
+    try:
+        latencies, _wall = closed_loop(
+            lambda w: make_call(first + w),
+            concurrency=share,
+            iterations=iterations,
+            warmup=warmup,
+            min_time_s=min_time_s,
+            on_start=started,
+        )
+        end = time.perf_counter()
+        results.put((latencies, times["start"], end, time.process_time() - times["cpu"]))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        results.put(f"{type(e).__name__}: {e}")  # first: the parent reads it once broken
+        warmed.abort()
+        go.abort()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sam2_triton.bench import inputs
-from sam2_triton.bench.stats import closed_loop, summarize
+from sam2_triton.bench.stats import closed_loop, closed_loop_processes, summarize
 from sam2_triton.export import CUDA_MODEL_FILENAME, DECODER_INPUTS
 from sam2_triton.model_config import SessionServing
 
@@ -62,6 +62,8 @@ class BenchConfig:
     session_protocols: tuple[str, ...] = ("http", "grpc")
     session_image: tuple[int, int] = (1920, 1080)  # the JPEG a session starts from (W, H)
     session_batch: int = SessionServing.max_batch_size  # in-process: clicks of k sessions at once
+    #: Processes the session users' clients run in (0: one per 8 users, see client_processes).
+    session_client_processes: int = 0
     triton_encoder_batches: tuple[int, ...] = (1,)
     triton_decoder_batches: tuple[int, ...] = (1, 8)
     http_url: str | None = None
@@ -177,20 +179,50 @@ class Suite:
             self._bar.update(1)
         return summarize(latencies, items, wall)
 
-    def _measure_served(self, make: Callable, items: int, concurrency: int, target, models):
+    def client_processes(self, concurrency: int) -> int:
+        """Processes for ``concurrency`` session users: as configured, or one per 8 users
+        (one Python process's threads manage about 2,000 small requests a second)."""
+        wanted = self.config.session_client_processes or concurrency // 8
+        return max(1, min(wanted, concurrency))
+
+    def _measure_served(
+        self, make: Callable, items: int, concurrency: int, target, models, processes: int = 1
+    ):
         """:meth:`_measure` a served case, with Triton's own split of its time per model
         (:func:`~sam2_triton.bench.triton.server_breakdown`): the statistics are read after
-        the warm-up calls and after the timed ones, so the means cover the timed calls only."""
+        the warm-up calls and after the timed ones, so the means cover the timed calls only.
+        Third: how busy this client process was, its CPU seconds per second of the timed
+        calls (near 1, its Python, not the server, may set the pace)."""
         from sam2_triton.bench import triton as btriton
 
         before: dict = {}
+        cpu_at_start = [0.0]
 
         def snapshot() -> None:
             before.update(btriton.server_statistics(target, models))
+            cpu_at_start[0] = time.process_time()
 
-        stats = self._measure(make, items, concurrency, on_start=snapshot)
+        if processes > 1:  # the workers in other processes (make must pickle)
+            c = self.config
+            latencies, wall, cpu_share = closed_loop_processes(
+                make,
+                processes=processes,
+                concurrency=concurrency,
+                iterations=c.iterations,
+                warmup=c.warmup,
+                min_time_s=c.min_time_s,
+                on_start=snapshot,
+            )
+            if self._bar is not None:
+                self._bar.update(1)
+            stats = summarize(latencies, items, wall)
+            client_cpu = round(cpu_share, 4)
+        else:
+            stats = self._measure(make, items, concurrency, on_start=snapshot)
+            cpu_s = time.process_time() - cpu_at_start[0]
+            client_cpu = round(cpu_s / stats.wall_s, 4) if stats.wall_s else None
         after = btriton.server_statistics(target, models)
-        return stats, btriton.server_breakdown(before, after)
+        return stats, btriton.server_breakdown(before, after), client_cpu
 
     def _describe(self, text: str) -> None:
         if self._bar is not None and not self._bar.disable:
@@ -238,8 +270,8 @@ class Suite:
             n += per * ("interactive" in c.models)
             n += len(c.triton_encoder_batches) + len(c.triton_decoder_batches) + 1  # baselines
             n += prompt_batches
-            if "sessions" in c.models:  # a start and the decodes, two kinds of answer
-                n += len(c.session_protocols) * (1 + 2 * len(c.session_concurrency)) + 3
+            if "sessions" in c.models:  # a start and the decodes, three kinds of answer
+                n += len(c.session_protocols) * (1 + 3 * len(c.session_concurrency)) + 4
         return n
 
     def run(self) -> dict:
@@ -594,14 +626,17 @@ class Suite:
             caller = bs.SessionCaller(target, protocol, image)
             try:
                 cases = [("session_start", None, caller.start(), 1)]
-                for outputs in (bs.RLE_OUTPUTS, bs.FULL_OUTPUTS):
+                for outputs in bs.DECODE_OUTPUTS:
                     for conc in c.session_concurrency:
                         cases.append(
                             ("session_decode", outputs, caller.decode(prompts, outputs), conc)
                         )
                 for model, outputs, make, conc in cases:
                     self._describe(f"triton {protocol} {model} {outputs or ''} c{conc}")
-                    stats, server = self._measure_served(make, 1, conc, target, [SESSION])
+                    processes = self.client_processes(conc) if outputs else 1
+                    stats, server, cpu = self._measure_served(
+                        make, 1, conc, target, [SESSION], processes
+                    )
                     extra = {"protocol": protocol, "shared_memory": "none", "wire_dtype": "fp32"}
                     if outputs is not None:
                         extra["outputs"] = list(outputs)
@@ -610,6 +645,8 @@ class Suite:
                         )
                     result = record("triton", model, stats, concurrency=conc, **extra, **common)
                     result["server"] = server
+                    result["client_cpu_cores"] = cpu
+                    result["client_processes"] = processes
                     base = baselines.get((model, outputs))
                     result["baseline"] = base
                     result["ratio"] = (
@@ -656,7 +693,7 @@ class Suite:
                 base["jpeg_on_cpu"] = self._baseline(start, 1, device, "session_start")
                 base["jpeg_on_cpu"]["stages_ms"] = engine.stage_profile(start, calls, False)
                 engine.engine.jpeg = JpegDecoder(engine.engine.device, on_gpu=True)
-            for outputs in (bs.RLE_OUTPUTS, bs.FULL_OUTPUTS):
+            for outputs in bs.DECODE_OUTPUTS:
                 self._describe(f"in-process session_decode {outputs}")
                 make = engine.decode(image, prompts, outputs)
                 base = self._baseline(make, 1, device, "session_decode")
@@ -710,11 +747,12 @@ class Suite:
         for model, batch, make, extra in cases:
             for conc in c.concurrency:
                 self._describe(f"triton {caller.protocol} {caller.shm} {model} b{batch} c{conc}")
-                stats, server = self._measure_served(make, batch, conc, caller.target, served)
+                stats, server, cpu = self._measure_served(make, batch, conc, caller.target, served)
                 result = record(
                     "triton", model, stats, batch=batch, concurrency=conc, **extra, **common
                 )
                 result["server"] = server
+                result["client_cpu_cores"] = cpu
                 base = baselines.get((model, batch))
                 if base is None:
                     result["baseline"] = None
