@@ -12,10 +12,16 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, choices=list(MODEL_SIZES))
     p.add_argument("--out", required=True, help="checkpoint path to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--smooth-masks",
+        action="store_true",
+        help="masks with outlines of a real object's size instead of random speckle (the "
+        "decoder's upsampling kernels averaged; for benchmarks of the answers' size)",
+    )
     args = p.parse_args(argv)
     from sam2_triton.testing import save_random_checkpoint
 
-    print(save_random_checkpoint(args.model, args.out, args.seed))
+    print(save_random_checkpoint(args.model, args.out, args.seed, smooth_masks=args.smooth_masks))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 No timing is asserted (CI machines vary); the test checks that every case ran, that each
 Triton figure carries its in-process baseline and ratio, and that the files are complete.
+Also the benchmark's helpers: client processes, the smooth-masks stand-in checkpoint.
 """
 
 from __future__ import annotations
@@ -165,3 +166,35 @@ def test_kernel_classes_of_the_profiled_kernels():
         ),
     }
     assert {name: kernel_class(name) for name in seen} == seen
+
+
+def test_smooth_masks_checkpoint_gives_outlines_not_speckle(tmp_path):
+    """``make_random_checkpoint.py --smooth-masks`` changes only the decoder's upsampling
+    kernels, and Meta's predictor then answers a click on a real photo with a mask of a few
+    runs per column instead of random speckle."""
+    import torch
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from sam2_triton.models import get_model_size
+    from sam2_triton.sessions.image import masks_to_rle
+    from sam2_triton.testing import UPSCALING_KERNELS, photos
+
+    paths = {}
+    for kind in ("plain", "smooth"):
+        paths[kind] = tmp_path / f"{kind}.pt"
+        flags = ["--smooth-masks"] if kind == "smooth" else []
+        run_script("make_random_checkpoint.py", "--model", "tiny", "--out", paths[kind], *flags)
+    plain, smooth = (torch.load(paths[k], map_location="cpu")["model"] for k in paths)
+    assert [n for n in plain if not torch.equal(plain[n], smooth[n])] == list(UPSCALING_KERNELS)
+    photo = photos()["coffee"]
+    runs = {}
+    for kind, path in paths.items():
+        model = build_sam2(get_model_size("tiny").config, ckpt_path=str(path), device="cpu")
+        predictor = SAM2ImagePredictor(model)
+        predictor.set_image(photo)
+        masks, iou, _ = predictor.predict(np.array([[300.0, 200.0]]), np.array([1]))
+        best = torch.from_numpy(masks[int(np.argmax(iou))] > 0)
+        runs[kind] = len(masks_to_rle([best])[0])
+    assert runs["plain"] > 10 * photo.shape[1]  # speckle: many runs in every column
+    assert runs["smooth"] < runs["plain"] / 5, runs

@@ -127,10 +127,13 @@ sessions_repo)
     # A repository of sam2_session alone, on the pytorch runtime (torch.compile mode
     # $SESSION_COMPILE, default "default"; $SESSION_INSTANCES instances, default 2) and the
     # checkpoint itself: served with
-    # REPO=$W/sessions_repo (needs no export and no onnxruntime-gpu).
+    # REPO=$W/sessions_repo (needs no export and no onnxruntime-gpu). SMOOTH_MASKS=1: the
+    # checkpoint of make_random_checkpoint.py --smooth-masks (masks of a real object's size).
     mkdir -p "$W/ckpt"
-    [ -f "$W/ckpt/$1.pt" ] || python3 scripts/make_random_checkpoint.py --model "$1" --out "$W/ckpt/$1.pt"
-    python3 - "$W/sessions_repo" "$W/ckpt/$1.pt" "$1" "${SESSION_COMPILE:-default}" \
+    ckpt="$W/ckpt/$1.pt" smooth=()
+    if [ -n "${SMOOTH_MASKS:-}" ]; then ckpt="$W/ckpt/$1_smooth.pt" smooth=(--smooth-masks); fi
+    [ -f "$ckpt" ] || python3 scripts/make_random_checkpoint.py --model "$1" --out "$ckpt" "${smooth[@]}"
+    python3 - "$W/sessions_repo" "$ckpt" "$1" "${SESSION_COMPILE:-default}" \
         "${SESSION_INSTANCES:-2}" <<'PY'
 import dataclasses
 import sys

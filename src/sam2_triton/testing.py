@@ -17,8 +17,20 @@ from sam2_triton.models import get_model_size
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 
 
+#: The mask decoder's transposed convolutions that upsample its 64x64 embedding to the
+#: 256x256 low-res masks (2x2 kernels, stride 2), in Meta's checkpoint.
+UPSCALING_KERNELS = (
+    "sam_mask_decoder.output_upscaling.0.weight",
+    "sam_mask_decoder.output_upscaling.3.weight",
+)
+
+
 def save_random_checkpoint(
-    model_size: str, path: str | os.PathLike, seed: int = 0, object_score_bias: float = 0.0
+    model_size: str,
+    path: str | os.PathLike,
+    seed: int = 0,
+    object_score_bias: float = 0.0,
+    smooth_masks: bool = False,
 ) -> Path:
     """Build SAM2.1 ``model_size`` with seed ``seed`` and save it as a Meta-format checkpoint.
 
@@ -26,6 +38,14 @@ def save_random_checkpoint(
     scores "no object", and Meta's video predictor then replaces the whole mask by -1024
     (and tracks from that): a large bias keeps the objects present, so that video tests
     compare real mask logits, not that constant. Image prediction does not use the score.
+
+    ``smooth_masks``: the four taps of each of the decoder's 2x2 upsampling kernels
+    (:data:`UPSCALING_KERNELS`) are replaced by their mean. Random taps paint a 2-pixel
+    checkerboard over every mask, so a random decoder's 1080p mask is speckle of 30,000 to
+    240,000 runs; with equal taps the masks follow the 64x64 embedding and have outlines of
+    a few thousand runs at most, the size of a real object's. The networks' work is the same
+    (only values change): benchmarks of what answers cost to count, send and read (run
+    lengths, PNG files) use it as a stand-in for trained weights.
     """
     import torch
     from sam2.build_sam import build_sam2
@@ -36,6 +56,11 @@ def save_random_checkpoint(
     if object_score_bias:
         with torch.no_grad():
             model.state_dict()[OBJECT_SCORE_BIAS].add_(object_score_bias)
+    if smooth_masks:
+        with torch.no_grad():
+            for name in UPSCALING_KERNELS:
+                kernel = model.state_dict()[name]  # [in, out, 2, 2]
+                kernel.copy_(kernel.mean((2, 3), keepdim=True).expand_as(kernel))
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict()}, tmp)
