@@ -7,9 +7,10 @@ What the sessions issue asks to be measured, on the served model and in process:
   image: the server decodes, preprocesses and encodes it. Items/s: sessions started per s.
 * ``session_decode``: clicks on sessions that are already open, one session per client
   worker; each request carries only its prompt. At concurrency 1 the latency is a click's,
-  client to client; at 32 the throughput is the masks/s of 32 users clicking. The answer
-  holds the IoU and the mask as run lengths (``mask_rle``) or, as a second case, as the full
-  H x W ``masks``.
+  client to client; at 32 the throughput is the masks/s of 32 users clicking (their clients
+  in several processes: one Python process cannot make a few thousand requests a second).
+  Three answers, each a case: the IoU alone (what a click costs besides its mask's bytes),
+  the IoU and the mask as run lengths (``mask_rle``), the IoU and the full H x W ``masks``.
 
 Each result records the request's size on the wire (HTTP body, JSON part included) and the
 in-process baseline: the same :class:`~sam2_triton.sessions.image.ImageSessionEngine` on the

@@ -159,6 +159,41 @@ class Suite:
     def skip(self, case: str, reason: str) -> None:
         self.skipped.append({"case": case, "reason": reason})
 
+    def _loop(
+        self,
+        make: Callable,
+        concurrency: int,
+        on_start: Callable[[], None] | None = None,
+        processes: int = 1,
+    ) -> tuple[list[float], float, float]:
+        """The config's closed loop of ``make``'s calls, its workers in this process or
+        spread over ``processes`` (``make`` must then pickle); returns (latencies in s, wall
+        time in s, the client's CPU seconds per second of the timed calls)."""
+        c = self.config
+        loop = dict(
+            concurrency=concurrency,
+            iterations=c.iterations,
+            warmup=c.warmup,
+            min_time_s=c.min_time_s,
+        )
+        if processes > 1:
+            latencies, wall, cpu = closed_loop_processes(
+                make, processes=processes, on_start=on_start, **loop
+            )
+        else:
+            cpu_at_start = [0.0]
+
+            def started() -> None:
+                if on_start is not None:
+                    on_start()
+                cpu_at_start[0] = time.process_time()
+
+            latencies, wall = closed_loop(make, on_start=started, **loop)
+            cpu = (time.process_time() - cpu_at_start[0]) / wall if wall > 0 else 0.0
+        if self._bar is not None:
+            self._bar.update(1)
+        return latencies, wall, cpu
+
     def _measure(
         self,
         make: Callable,
@@ -166,17 +201,7 @@ class Suite:
         concurrency: int = 1,
         on_start: Callable[[], None] | None = None,
     ):
-        c = self.config
-        latencies, wall = closed_loop(
-            make,
-            concurrency=concurrency,
-            iterations=c.iterations,
-            warmup=c.warmup,
-            min_time_s=c.min_time_s,
-            on_start=on_start,
-        )
-        if self._bar is not None:
-            self._bar.update(1)
+        latencies, wall, _cpu = self._loop(make, concurrency, on_start)
         return summarize(latencies, items, wall)
 
     def client_processes(self, concurrency: int) -> int:
@@ -191,38 +216,19 @@ class Suite:
         """:meth:`_measure` a served case, with Triton's own split of its time per model
         (:func:`~sam2_triton.bench.triton.server_breakdown`): the statistics are read after
         the warm-up calls and after the timed ones, so the means cover the timed calls only.
-        Third: how busy this client process was, its CPU seconds per second of the timed
-        calls (near 1, its Python, not the server, may set the pace)."""
+        Third: how busy the client was, its CPU seconds per second of the timed calls (near
+        1 per process, its Python, not the server, may set the pace)."""
         from sam2_triton.bench import triton as btriton
 
         before: dict = {}
-        cpu_at_start = [0.0]
 
         def snapshot() -> None:
             before.update(btriton.server_statistics(target, models))
-            cpu_at_start[0] = time.process_time()
 
-        if processes > 1:  # the workers in other processes (make must pickle)
-            c = self.config
-            latencies, wall, cpu_share = closed_loop_processes(
-                make,
-                processes=processes,
-                concurrency=concurrency,
-                iterations=c.iterations,
-                warmup=c.warmup,
-                min_time_s=c.min_time_s,
-                on_start=snapshot,
-            )
-            if self._bar is not None:
-                self._bar.update(1)
-            stats = summarize(latencies, items, wall)
-            client_cpu = round(cpu_share, 4)
-        else:
-            stats = self._measure(make, items, concurrency, on_start=snapshot)
-            cpu_s = time.process_time() - cpu_at_start[0]
-            client_cpu = round(cpu_s / stats.wall_s, 4) if stats.wall_s else None
+        latencies, wall, cpu = self._loop(make, concurrency, snapshot, processes)
         after = btriton.server_statistics(target, models)
-        return stats, btriton.server_breakdown(before, after), client_cpu
+        stats = summarize(latencies, items, wall)
+        return stats, btriton.server_breakdown(before, after), round(cpu, 4)
 
     def _describe(self, text: str) -> None:
         if self._bar is not None and not self._bar.disable:
