@@ -16,6 +16,16 @@ driver still picks the sm_90 one), and zeros compress to nothing. The python bac
 other Pythons than 3.12 are left out.
 
     python scripts/gpu/pack.py --wheels /tmp/wheels --out .        # writes .carry1/ .carry2/ ...
+
+The wheels (Python 3.12, versions as .ci/constraints.txt pins them; add onnxruntime-gpu for
+the ONNX Runtime measurements; the pure-Python packages come from this environment):
+
+    python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux1_x86_64 -d /tmp/wheels nvidia-pytriton==0.7.0 \
+        tritonclient==2.73.0 brotli==1.2.1 gevent==26.9.0 geventhttpclient==2.6.1 \
+        greenlet==3.3.2 python-rapidjson==1.25 zope.event==6.2 zope.interface==8.7
 """
 
 from __future__ import annotations
