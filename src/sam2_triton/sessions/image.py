@@ -159,6 +159,19 @@ class ImageSession:
         return 4 * (floats + LOW_RES_MASK_SIZE * LOW_RES_MASK_SIZE)
 
 
+def to_host(tensor: "torch.Tensor") -> "torch.Tensor":
+    """A host copy of ``tensor``: from a GPU, into page-locked memory (torch's caching host
+    allocator) without waiting, so that the masks of a whole batch cross at full bandwidth
+    behind one synchronisation (a pageable copy of a 1920x1080 mask waits for the device and
+    crosses at a fraction of the speed); a host tensor itself. Synchronise before reading."""
+    import torch
+
+    if tensor.device.type != "cuda":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
 def masks_to_rle(masks: "Sequence[torch.Tensor]") -> list[np.ndarray]:
     """COCO's uncompressed run-length encoding of each bool mask of ``masks`` (each item an
     ``[H, W]`` mask or an ``[N, H, W]`` stack of masks; sizes may differ): the lengths of
@@ -193,12 +206,9 @@ def masks_to_rle(masks: "Sequence[torch.Tensor]") -> list[np.ndarray]:
     first_run = torch.searchsorted(starts, firsts)  # each mask's first run
     first_set = flat[firsts]
     payload = torch.cat([first_run, first_set.to(first_run.dtype), runs]).to(torch.int32)
-    if payload.is_cuda:  # page-locked: a pageable copy of speckle's megabytes crawls
-        host = torch.empty(payload.shape, dtype=payload.dtype, pin_memory=True)
-        host.copy_(payload, non_blocking=True)
+    host = to_host(payload)  # page-locked: a pageable copy of speckle's megabytes crawls
+    if payload.is_cuda:
         torch.cuda.current_stream(payload.device).synchronize()
-    else:
-        host = payload
     host = host.numpy()
     n = len(sizes_host)
     bounds = [*host[:n].tolist(), len(host) - 2 * n]
@@ -721,11 +731,11 @@ class ImageSessionEngine:
         up = self._upsample(source, hw) > 0
         copy = [j for j, row in enumerate(rows) if wanted[row] & {"masks", "mask_png"}]
         if len(copy) == len(rows):
-            copied = self._to_host(up.view(torch.uint8))
+            copied = to_host(up.view(torch.uint8))
             host.update((row, copied[j]) for j, row in enumerate(rows))
         else:
             for j in copy:
-                host[rows[j]] = self._to_host(up[j].view(torch.uint8))
+                host[rows[j]] = to_host(up[j].view(torch.uint8))
         return up
 
     @staticmethod
@@ -762,18 +772,6 @@ class ImageSessionEngine:
         import torch.nn.functional as F
 
         return F.interpolate(logits, hw, mode="bilinear", align_corners=False)
-
-    def _to_host(self, tensor: "torch.Tensor") -> "torch.Tensor":
-        """A host copy of ``tensor``: from a GPU, into page-locked memory (torch's caching
-        host allocator) without waiting, so that the masks of a whole batch cross at full
-        bandwidth behind one synchronisation (a pageable copy of a 1920x1080 mask waits for
-        the device and crosses at a fraction of the speed)."""
-        import torch
-
-        if tensor.device.type != "cuda":
-            return tensor
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        return host.copy_(tensor, non_blocking=True)
 
     def _closing_answer(self, request: SessionRequest) -> SessionAnswer:
         """A request that only ends its session: always answered, whether or not the session
