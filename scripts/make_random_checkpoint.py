@@ -15,8 +15,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--smooth-masks",
         action="store_true",
-        help="masks with outlines of a real object's size instead of random speckle (the "
-        "decoder's upsampling kernels averaged; for benchmarks of the answers' size)",
+        help="smoother masks than random speckle, several times fewer runs (the decoder's "
+        "upsampling kernels averaged; for benchmarks of the answers' size)",
     )
     args = p.parse_args(argv)
     from sam2_triton.testing import save_random_checkpoint

@@ -2,7 +2,8 @@
 """How many runs the benchmark's clicks' masks have, for a checkpoint: Meta's predictor on
 the benchmark's 1920x1080 photo (``sam2_triton.bench.sessions``), each click's best mask,
 single and multimask. A ``mask_rle`` answer is 4 bytes a run; random weights give speckle,
-``make_random_checkpoint.py --smooth-masks`` outlines of a real object's size.
+``make_random_checkpoint.py --smooth-masks`` several times fewer (still more than a real
+object's outline).
 
     python scripts/gpu/mask_runs.py --model base_plus --checkpoint C [--device cuda]
 """

@@ -128,7 +128,7 @@ sessions_repo)
     # $SESSION_COMPILE, default "default"; $SESSION_INSTANCES instances, default 2) and the
     # checkpoint itself: served with
     # REPO=$W/sessions_repo (needs no export and no onnxruntime-gpu). SMOOTH_MASKS=1: the
-    # checkpoint of make_random_checkpoint.py --smooth-masks (masks of a real object's size).
+    # checkpoint of make_random_checkpoint.py --smooth-masks (several times fewer runs).
     mkdir -p "$W/ckpt"
     ckpt="$W/ckpt/$1.pt" smooth=()
     if [ -n "${SMOOTH_MASKS:-}" ]; then ckpt="$W/ckpt/$1_smooth.pt" smooth=(--smooth-masks); fi

@@ -42,10 +42,11 @@ def save_random_checkpoint(
     ``smooth_masks``: the four taps of each of the decoder's 2x2 upsampling kernels
     (:data:`UPSCALING_KERNELS`) are replaced by their mean. Random taps paint a 2-pixel
     checkerboard over every mask, so a random decoder's 1080p mask is speckle of 30,000 to
-    240,000 runs; with equal taps the masks follow the 64x64 embedding and have outlines of
-    a few thousand runs at most, the size of a real object's. The networks' work is the same
-    (only values change): benchmarks of what answers cost to count, send and read (run
-    lengths, PNG files) use it as a stand-in for trained weights.
+    240,000 runs; with equal taps the masks follow the 64x64 embedding and have several
+    times fewer (base_plus on the benchmark's 1080p photo: 19,549 to 48,173, still about
+    ten times a real object's outline; tiny's fewer). The networks' work is the same (only
+    values change): benchmarks of what answers cost to count, send and read (run lengths,
+    PNG files) use it as a smaller-answer stand-in for trained weights.
     """
     import torch
     from sam2.build_sam import build_sam2
