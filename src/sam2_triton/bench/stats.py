@@ -194,10 +194,10 @@ def closed_loop_processes(
             on_start()
         go.wait(timeout_s)
         outcomes = [results.get(timeout=timeout_s) for _ in workers]
-    except threading.BrokenBarrierError:
-        outcomes = [results.get(timeout=5) for _ in range(results.qsize())]
-        failed = [o for o in outcomes if isinstance(o, str)]
-        raise RuntimeError(failed[0] if failed else "a client process failed") from None
+    except threading.BrokenBarrierError:  # a process failed (its text is queued) or hung
+        queued = [results.get(timeout=5) for _ in range(results.qsize())]
+        errors = [o for o in queued if isinstance(o, str)]
+        outcomes = errors or ["a client process failed or did not warm up in time"]
     finally:
         for w in workers:
             w.join(timeout=10)
