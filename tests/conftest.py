@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
 
+def assert_real_logits(logits: np.ndarray, where: object = "") -> None:
+    """Meta's logits that a parity test compares with are real ones: spread out, and nowhere
+    near SAM2's -1024 "no object" fill (a test against that constant, or all zeros, would
+    prove nothing)."""
+    logits = np.asarray(logits)
+    assert logits.std() > 0.01 and logits.max() > -100, (where, logits.std(), logits.max())
+
+
 def run_script(name: str, *args: str, check: bool = True, timeout: float = 300, **kw):
     """Run ``scripts/<name>`` as a user would (a new Python process) and capture its output."""
     proc = subprocess.run(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_script, serving
+from conftest import ROOT, assert_real_logits, run_script, serving
 from PIL import Image
 from test_client_e2e import NO_TORCH, assert_one_line_error
 
@@ -146,7 +146,7 @@ def assert_masks_equal(masks: np.ndarray, logits: np.ndarray, where: str) -> Non
     Meta's logits are real ones (not the -1024 "no object" constant)."""
     assert masks.shape == logits.shape, (where, masks.shape, logits.shape)
     for obj in range(len(logits)):
-        assert np.ptp(logits[obj]) > 0.01 and logits[obj].max() > -100, (where, obj)
+        assert_real_logits(logits[obj], (where, obj))
     confident = np.abs(logits) > MARGIN
     assert confident.mean() > 0.5, where
     differ = int(((masks != (logits > 0)) & confident).sum())
