@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import math
 import os
 import re
 import subprocess
@@ -374,6 +375,64 @@ def test_pytorch_decoder_pads_batches_and_keeps_each_rows_answer(tiny_checkpoint
         alone = decoder.run({n: v[row : row + 1] for n, v in feed.items()}, asked)
         for name in asked:
             assert torch.allclose(together[name][row], alone[name][0], atol=1e-4)
+
+
+def test_weights_stored_in_autocast_dtype_give_the_same_answers(tiny_checkpoint):
+    """``cast_autocast_weights``: the decoder's linear and convolution weights stored in the
+    autocast dtype (here bfloat16, the CPU's autocast) answer bit for bit what autocast
+    gives with float32 weights; layer norms and embeddings stay float32."""
+    import torch
+
+    from sam2_triton import export
+    from sam2_triton.models import get_model_size
+    from sam2_triton.sessions.torch_networks import cast_autocast_weights
+
+    model = export.load_sam2(get_model_size("tiny"), tiny_checkpoint)
+    decoder = export.prompt_decoder(model)
+    feed = decoder_feed(2, 3)
+    inputs = [feed[n] for n in export.DECODER_INPUTS]
+
+    def answer():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return decoder(*inputs)
+
+    before = answer()
+    changed = cast_autocast_weights(decoder, torch.bfloat16)
+    after = answer()
+    assert changed > 50
+    for a, b in zip(before, after):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    transformer = decoder.mask_decoder.transformer
+    assert transformer.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert transformer.norm_final_attn.weight.dtype == torch.float32
+    assert decoder.mask_decoder.iou_token.weight.dtype == torch.float32
+    assert cast_autocast_weights(decoder, torch.bfloat16) == 0
+
+
+def test_a_graph_and_a_plain_run_differ_only_where_their_values_do():
+    """The graph check's difference: equal infinities and NaNs in both places are equal (a
+    network's own overflow, not the graph's fault); a NaN in one of them is a difference."""
+    import torch
+
+    from sam2_triton.sessions.torch_networks import difference
+
+    inf, nan = float("inf"), float("nan")
+    assert difference(torch.tensor([1.0, inf, nan]), torch.tensor([1.0, inf, nan])) == 0.0
+    assert difference(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0])) == 0.5
+    assert math.isnan(difference(torch.tensor([1.0, nan]), torch.tensor([1.0, 2.0])))
+    assert difference(torch.tensor([inf]), torch.tensor([-inf])) == inf
+
+
+def test_graph_buffers_take_each_row_once_and_pad_with_the_last():
+    """A graph's input buffer gets the batch's rows (converted to float32) and its last row
+    repeated into the padding rows."""
+    import torch
+
+    from sam2_triton.sessions.torch_networks import _fill
+
+    buffer = torch.full((4, 2), -1.0)
+    _fill([buffer[:3]], [torch.tensor([[1, 2], [3, 4]], dtype=torch.float16)])
+    assert buffer.tolist() == [[1, 2], [3, 4], [3, 4], [-1, -1]]
 
 
 def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, monkeypatch):

@@ -154,7 +154,8 @@ class ImageSession:
 
     @staticmethod
     def nbytes() -> int:
-        """Bytes a session holds at most: the features plus one mask's low-res logits."""
+        """Bytes a session holds at most: the features in float32 plus one mask's low-res
+        logits (an engine's :meth:`ImageSessionEngine.session_nbytes` may be less)."""
         floats = sum(int(np.prod(TENSOR_SHAPES[n])) for n in ENCODER_OUTPUTS)
         return 4 * (floats + LOW_RES_MASK_SIZE * LOW_RES_MASK_SIZE)
 
@@ -333,6 +334,16 @@ class ImageSessionEngine:
         self.clock: StageClock | None = None
         self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
         self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(3, 1, 1)
+        self._feature_bytes: int | None = None  # a session's features, once one was encoded
+
+    def session_nbytes(self) -> int:
+        """Bytes a session of this engine holds at most: its features as the encoder gives
+        them (the PyTorch networks in FP16 keep the maps they make in float16) plus one
+        mask's low-res logits; :meth:`ImageSession.nbytes` (all float32) until an image
+        was encoded (the warm-up encodes one)."""
+        if self._feature_bytes is None:
+            return ImageSession.nbytes()
+        return self._feature_bytes + 4 * LOW_RES_MASK_SIZE * LOW_RES_MASK_SIZE
 
     def _onnx_networks(
         self,
@@ -551,6 +562,8 @@ class ImageSessionEngine:
         shapes = {n: (len(images), *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
         with self.stage("encoder"):
             out = self.encoder.run({"image": batch}, shapes)
+        if self._feature_bytes is None:
+            self._feature_bytes = sum(v[0].nbytes for v in out.values())
         if len(images) == 1:
             return [out]
         # Own storage per session, so evicting one frees its memory.

@@ -41,7 +41,6 @@ from sam2_triton.backend.sequence import (
 from sam2_triton.export import CUDA_MODEL_FILENAME
 from sam2_triton.sessions.image import (
     OUTPUTS,
-    ImageSession,
     ImageSessionEngine,
     SessionLimits,
     SessionRequest,
@@ -137,7 +136,7 @@ class TritonPythonModel:
             f"({', '.join(self.engine.decoder.providers)}; {encoder}; "
             f"JPEG files decoded by {self.engine.jpeg.where}); "
             f"at most {limits.max_sessions} "
-            f"sessions of {ImageSession.nbytes() / 2**20:.2f} MiB, idle timeout "
+            f"sessions of {self.engine.session_nbytes() / 2**20:.2f} MiB, idle timeout "
             f"{limits.idle_timeout_s:g} s{warmed}"
         )
 
