@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -359,6 +360,28 @@ def test_startup_missing_model_onnx(tiny_repository, tmp_path):
     shutil.copytree(tiny_repository, repo, ignore=shutil.ignore_patterns("*.onnx"))
     proc = _serve("--repository", repo, "--config-name", "cpu")
     _assert_one_line_error(proc, "sam2_decoder/1/model.onnx is missing")
+
+
+def test_startup_unknown_model_to_load(tiny_repository):
+    proc = _serve("--repository", tiny_repository, "--config-name", "cpu", "--load-model", "sam3")
+    _assert_one_line_error(proc, "no model sam3 in")
+
+
+def test_the_cuda_memory_pool_is_kept_for_the_models_that_use_it():
+    """2 GiB for the GPU configs unless every model loaded answers from host memory (its
+    GPU memory would be allocated and never used); Triton's own default on a CPU."""
+    from sam2_triton.cli.serve_local import default_cuda_memory_pool_mb
+    from sam2_triton.server import EmbeddedTriton
+
+    assert default_cuda_memory_pool_mb(None, None) == 2048
+    assert default_cuda_memory_pool_mb(None, ["sam2_session"]) is None
+    assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2_video"]) is None
+    assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2"]) == 2048
+    assert default_cuda_memory_pool_mb("cpu", None) is None
+    command = EmbeddedTriton(Path("r"), models=["sam2_session"]).command(Path("b"))
+    assert "--model-control-mode=explicit" in command
+    assert "--load-model=sam2_session" in command
+    assert "--model-control-mode=none" in EmbeddedTriton(Path("r")).command(Path("b"))
 
 
 def test_startup_without_tritonserver(tiny_repository):

@@ -857,9 +857,11 @@ MMAP_THRESHOLD = ("MALLOC_MMAP_THRESHOLD_", "131072")
 
 @pytest.fixture(scope="module")
 def small_server(tiny_repository, tiny_checkpoint, tmp_path_factory):
-    """A repository of sam2_session alone (one instance, at most 2 sessions) whose networks
-    run in PyTorch (``runtime`` pytorch) on ``tiny_checkpoint`` (an absolute ``weights``
-    path). The ``triton_server`` serves the ONNX Runtime one."""
+    """sam2_session alone (one instance, at most 2 sessions) whose networks run in PyTorch
+    (``runtime`` pytorch) on ``tiny_checkpoint`` (an absolute ``weights`` path), loaded by
+    name (``models``: Triton's explicit model control) from a repository that also has a
+    ``sam2_video`` whose weights were never written. The ``triton_server`` serves the ONNX
+    Runtime one."""
     from sam2_triton import model_config as mc
     from sam2_triton.server import EmbeddedTriton, free_port
 
@@ -875,12 +877,15 @@ def small_server(tiny_repository, tiny_checkpoint, tmp_path_factory):
     repo = tmp_path_factory.mktemp("small_repository")
     write_text_atomic(repo / mc.SESSION / "config.pbtxt", mc.to_text(config))
     (repo / mc.SESSION / "1").mkdir()
+    # Not loaded, so its missing weights must stop neither the start nor the readiness.
+    write_text_atomic(repo / mc.VIDEO / "config.pbtxt", mc.to_text(mc.video_config(params)))
     server = EmbeddedTriton(
         repository=repo,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
         exit_timeout_s=5,
+        models=[mc.SESSION],
     )
     # The instance logs where its time goes every 2 executions (the diagnostic SETUP.md
     # describes).
@@ -929,6 +934,14 @@ def test_the_instance_warmed_up_at_load_and_kept_nothing(small_server, engine):
     held = len(engine.store)
     assert engine.warm() > 0
     assert len(engine.store) == held and WARM_UP_SESSION not in engine.store
+
+
+def test_the_server_loads_only_the_models_named(small_server):
+    """``models`` (serve_local's ``--load-model``): sam2_session is served; the repository's
+    sam2_video, whose weights are missing, was not loaded and is not reported as failed."""
+    states = small_server.model_states()
+    assert states["sam2_session"][0] == "READY", states
+    assert states["sam2_video"][0] != "READY" and small_server.unavailable_models() == {}, states
 
 
 def test_pytorch_runtime_session_equals_predictor(small_server, reference, photos):

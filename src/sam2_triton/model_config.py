@@ -55,6 +55,9 @@ ENSEMBLE = "sam2"
 PROMPT_CHECK = "sam2_prompt_check"
 SESSION = "sam2_session"
 VIDEO = "sam2_video"
+#: The models whose answers leave the python backend from host memory: a server of these
+#: alone needs no CUDA memory pool for GPU tensors handed to Triton.
+HOST_ANSWER_MODELS = (SESSION, VIDEO)
 #: The file in ``sam2_video/1/`` that holds the checkpoint's weights (the export writes it).
 VIDEO_WEIGHTS = "model.pt"
 #: The HTTP header (gRPC metadata key, lower-cased) that carries a session's ``sequence_id`` on

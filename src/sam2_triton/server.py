@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,12 +92,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_repository(repository: Path, config_name: str | None) -> list[str]:
-    """Names of the models in ``repository``; :class:`UserError` for a missing ONNX file."""
+def check_repository(
+    repository: Path, config_name: str | None, only: Sequence[str] | None = None
+) -> list[str]:
+    """Names of the models in ``repository``; :class:`UserError` for a missing ONNX file (of
+    the models in ``only``, where given) or for a model of ``only`` that is not there."""
     if not repository.is_dir():
         raise UserError(f"model repository not found: {repository}")
     models = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        if only is not None and model_dir.name not in only:
+            if (model_dir / "config.pbtxt").is_file():
+                models.append(model_dir.name)
+            continue
         config_path = model_dir / "config.pbtxt"
         if config_name and (model_dir / "configs" / f"{config_name}.pbtxt").is_file():
             config_path = model_dir / "configs" / f"{config_name}.pbtxt"
@@ -117,6 +125,11 @@ def check_repository(repository: Path, config_name: str | None) -> list[str]:
         models.append(model_dir.name)
     if not models:
         raise UserError(f"no models (config.pbtxt) in {repository}")
+    unknown = [m for m in only or () if m not in models]
+    if unknown:
+        raise UserError(
+            f"no model {', '.join(unknown)} in {repository} (it has {', '.join(models)})"
+        )
     return models
 
 
@@ -145,6 +158,9 @@ class EmbeddedTriton:
     #: python backend; Triton's default of 64 MiB is less than one batch of encoder outputs.
     #: None: Triton's default (right for the CPU configs).
     cuda_memory_pool_mb: int | None = None
+    #: Load only these models (Triton's explicit model control; an ensemble brings the models
+    #: it calls). None: every model of the repository.
+    models: Sequence[str] | None = None
     extra_args: list[str] = field(default_factory=list)
     #: Name prefix of the python backend's shared-memory regions (``/dev/shm``): unique to
     #: this object, so that :meth:`stop` removes the regions of stubs that died (a dead stub
@@ -189,7 +205,7 @@ class EmbeddedTriton:
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             f"--cache-directory={dist / 'caches'}",
-            "--model-control-mode=none",
+            "--model-control-mode=" + ("none" if self.models is None else "explicit"),
             f"--http-address={self.host}",
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
@@ -202,6 +218,7 @@ class EmbeddedTriton:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        cmd += [f"--load-model={name}" for name in self.models or ()]
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
         if self.cuda_memory_pool_mb:
@@ -228,7 +245,7 @@ class EmbeddedTriton:
         tritonserver_dist()
         self.repository = Path(self.repository).resolve()
         if self.precheck:
-            check_repository(self.repository, self.config_name)
+            check_repository(self.repository, self.config_name, self.models)
         for port, what in (
             (self.http_port, "HTTP"),
             (self.grpc_port, "gRPC"),

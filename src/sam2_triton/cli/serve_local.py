@@ -12,6 +12,23 @@ from pathlib import Path
 from sam2_triton.models import UserError
 
 
+def default_cuda_memory_pool_mb(
+    config_name: str | None, models: Sequence[str] | None
+) -> int | None:
+    """2048 MiB for the GPU configs: a batch of the stateless encoder's outputs crosses
+    from the python backend to Triton on the GPU, and Triton's default pool (64 MiB) is less
+    than one; None (Triton's default) for the CPU configs and for a server of models that
+    answer from host memory alone (:data:`~sam2_triton.model_config.HOST_ANSWER_MODELS`):
+    the pool is allocated whole at start, 2 GiB of GPU memory such a server never uses."""
+    from sam2_triton.model_config import HOST_ANSWER_MODELS
+
+    if config_name == "cpu":
+        return None
+    if models and all(m in HOST_ANSWER_MODELS for m in models):
+        return None
+    return 2048
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="serve_local.py",
@@ -49,11 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     p.add_argument(
+        "--load-model",
+        action="append",
+        metavar="NAME",
+        dest="models",
+        help="load only this model (repeat for several; an ensemble brings the models it "
+        "calls), e.g. --load-model sam2_session for interactive segmentation alone "
+        "(Triton's explicit model control). Default: every model of the repository",
+    )
+    p.add_argument(
         "--cuda-memory-pool-mb",
         type=int,
         default=None,
         help="CUDA memory pool on GPU 0 for GPU tensors between Triton and the backend "
-        "(default: 2048 with the GPU configs, Triton's own default with --config-name cpu)",
+        "(default: 2048 with the GPU configs, Triton's own default with --config-name cpu "
+        "or where only sam2_session and sam2_video are loaded: they answer from host memory)",
     )
     p.add_argument(
         "--exit-timeout", type=int, default=10, help="seconds to drain requests when stopped"
@@ -126,8 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cuda_memory_pool_mb=(
             args.cuda_memory_pool_mb
             if args.cuda_memory_pool_mb is not None
-            else (None if args.config_name == "cpu" else 2048)
+            else default_cuda_memory_pool_mb(args.config_name, args.models)
         ),
+        models=args.models,
     )
     supervisor = Supervisor(server, policy, args.ready_timeout, args.probe_interval)
 
