@@ -90,7 +90,8 @@ served)
     [ -n "${REPO:-}" ] || wait_for "$size"
     # The GPU configs as generated for SIZE (TensorRT asked for; without its libraries the
     # backend runs the CUDA EP and the encoder's fused model.cuda.onnx), changed by
-    # $CONFIGURE_FLAGS if set (e.g. "--session-instances 1"); results go to $OUT/*_$NAME.
+    # $CONFIGURE_FLAGS if set (e.g. "--session-instances 1"), served as $SERVE_FLAGS say;
+    # results go to $OUT/*_$NAME.
     # sam2_video stays eager: its default compilation would spend 3-4 minutes of the device
     # call loading a model this step does not measure (CONFIGURE_FLAGS="--video-torch-compile
     # reduce-overhead" serves the default configs exactly, e.g. for their GPU memory).
@@ -100,8 +101,10 @@ served)
     NAME=${NAME:-$size}
     log="$OUT/server_$NAME.log"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader >"$OUT/memory_$NAME.txt"
+    # shellcheck disable=SC2086  # $SERVE_FLAGS: serve_local's flags, e.g. "--load-model sam2_session"
     python3 scripts/serve_local.py --repository "$repo" --http-port 8000 --grpc-port 8001 \
-        --metrics-port 8002 --ready-timeout 300 --max-restarts 0 --probe-interval 0 >"$log" 2>&1 &
+        --metrics-port 8002 --ready-timeout 300 --max-restarts 0 --probe-interval 0 \
+        ${SERVE_FLAGS:-} >"$log" 2>&1 &
     server=$!
     for _ in $(seq 1 300); do
         curl -sf localhost:8000/v2/health/ready >/dev/null && break

@@ -90,7 +90,8 @@ def main() -> None:
     p.add_argument(
         "--trace",
         action="store_true",
-        help="also write torch.profiler's tables of a click and of 16 sessions' clicks",
+        help="also write torch.profiler's tables of the encoder and the decoder at batch 1, "
+        "a click and 16 sessions' clicks",
     )
     args = p.parse_args()
     if args.compare:
@@ -102,7 +103,13 @@ def main() -> None:
     from PIL import Image
     from skimage import data
 
-    from sam2_triton.bench.profile import device_used_gib, graph_paths, model_feeds, time_call
+    from sam2_triton.bench.profile import (
+        device_used_gib,
+        graph_paths,
+        model_feeds,
+        time_call,
+        torch_memory_mib,
+    )
     from sam2_triton.bench.sessions import (
         DECODE_OUTPUTS,
         RLE_OUTPUTS,
@@ -120,6 +127,9 @@ def main() -> None:
 
     def used_gib():
         return device_used_gib() if cuda else None
+
+    def torch_memory():
+        return torch_memory_mib(device) if cuda else None
 
     row: dict = {
         "runtime": args.runtime,
@@ -142,7 +152,9 @@ def main() -> None:
         torch_networks=networks,
     )
     row["load_s"] = round(time.perf_counter() - t0, 1)
+    row["torch_mib_before_warm"] = torch_memory()  # the weights, the engine's constants
     row["warm_s"] = round(engine.warm(), 1)
+    row["torch_mib_loaded"] = torch_memory()  # + the graphs' pools and input buffers
     row["providers"] = engine.decoder.providers
     row["graphs_error"] = getattr(engine.decoder, "error", None)
     row["compile_error"] = getattr(engine, "compile_error", None)
@@ -169,7 +181,15 @@ def main() -> None:
             ms = timed(lambda network=network, feed=feed, shapes=shapes: network.run(feed, shapes))
             row[f"{model}_b{batch}_ms"] = ms
             row[f"{model}_b{batch}_{unit}"] = round(batch / ms * 1e3, 1)
+            if args.trace and batch == 1:
+                table = profile_table(
+                    lambda _i, network=network, feed=feed, shapes=shapes: network.run(feed, shapes),
+                    device,
+                    calls=20,
+                )
+                args.out.with_name(f"{args.out.stem}_{model}_profile.txt").write_text(table)
     row["after_networks_gib"] = used_gib()
+    row["torch_mib_after_networks"] = torch_memory()
     print(json.dumps(row), flush=True)
 
     # Sessions: the benchmark's in-process cases on this engine (a start, clicks, a batch of
@@ -197,6 +217,7 @@ def main() -> None:
             table = profile_table(make(0), device, calls=20)
             args.out.with_name(f"{args.out.stem}_{name}_profile.txt").write_text(table)
     row["after_sessions_gib"] = used_gib()
+    row["torch_mib_after_sessions"] = torch_memory()
 
     # Answers to compare across variants: a photo, fixed clicks, their best low-res logits.
     photo = data.astronaut()

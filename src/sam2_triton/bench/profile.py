@@ -53,6 +53,27 @@ def device_used_gib() -> float:
     return round((total - free) / 2**30, 2)
 
 
+def torch_memory_mib(device) -> dict:
+    """What torch's caching allocator holds on ``device``, MiB: ``allocated`` (live tensors),
+    ``reserved`` (with the cached free blocks), and ``pools``: reserved per memory pool (key
+    ``"default"``, or the pool id of a CUDA graph's private pool), from its snapshot."""
+    import torch
+
+    mib = 2**20
+    pools: dict[str, float] = {}
+    for segment in torch.cuda.memory_snapshot():
+        if segment.get("device", device.index or 0) != (device.index or 0):
+            continue
+        pool = tuple(segment.get("segment_pool_id", (0, 0)))
+        key = "default" if pool == (0, 0) else f"graph pool {pool[0]}.{pool[1]}"
+        pools[key] = pools.get(key, 0.0) + segment["total_size"] / mib
+    return {
+        "allocated": round(torch.cuda.memory_allocated(device) / mib, 1),
+        "reserved": round(torch.cuda.memory_reserved(device) / mib, 1),
+        "pools": {k: round(v, 1) for k, v in sorted(pools.items())},
+    }
+
+
 def time_call(call, device, iterations: int, warmup: int, min_time_s: float) -> dict:
     """Median/p90 latency (ms) of ``call()`` after ``warmup`` calls, at least ``iterations``
     calls and ``min_time_s`` seconds."""
