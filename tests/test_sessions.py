@@ -938,10 +938,16 @@ def test_the_instance_warmed_up_at_load_and_kept_nothing(small_server, engine):
 
 def test_the_server_loads_only_the_models_named(small_server):
     """``models`` (serve_local's ``--load-model``): sam2_session is served; the repository's
-    sam2_video, whose weights are missing, was not loaded and is not reported as failed."""
+    sam2_video, whose weights are missing, was not loaded and is neither reported as failed
+    nor probed."""
+    from sam2_triton.health import probe_server
+
     states = small_server.model_states()
     assert states["sam2_session"][0] == "READY", states
     assert states["sam2_video"][0] != "READY" and small_server.unavailable_models() == {}, states
+    # The health probe (serve_local's supervision, the healthchecks) probes what was loaded.
+    results = probe_server(small_server.http_url, timeout=60)
+    assert [(r.model, r.healthy) for r in results] == [("sam2_session", True)], results
 
 
 def test_pytorch_runtime_session_equals_predictor(small_server, reference, photos):

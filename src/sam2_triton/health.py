@@ -233,9 +233,11 @@ def probe_model(url: str, model: str, timeout: float = 30) -> ProbeResult:
 
 
 def probe_server(url: str, models: Sequence[str] | None = None, timeout: float = 30):
-    """Probe ``models`` (default: every model the server has, probed by :data:`PROBES` where
-    it has a probe there, else by its READY state only); ``timeout`` bounds the whole round.
-    Returns one :class:`ProbeResult` per model (one for the server when it cannot be asked).
+    """Probe ``models`` (default: every model the server has loaded or tried to load, probed
+    by :data:`PROBES` where it has a probe there, else by its READY state only: a model of
+    the repository that explicit model control never loaded has no state and is left out);
+    ``timeout`` bounds the whole round. Returns one :class:`ProbeResult` per model (one for
+    the server when it cannot be asked).
     """
     deadline = time.monotonic() + timeout
     try:
@@ -243,7 +245,7 @@ def probe_server(url: str, models: Sequence[str] | None = None, timeout: float =
     except ServerUnreachable as e:
         return [ProbeResult("server", False, str(e), timed_out=e.timed_out)]
     results = []
-    for model in models if models is not None else sorted(states):
+    for model in models if models is not None else sorted(m for m, (st, _) in states.items() if st):
         state, reason = states.get(model, ("", "not in the repository"))
         if state != "READY":
             results.append(ProbeResult(model, False, f"not ready ({state or reason})"))
@@ -296,8 +298,8 @@ def stop_if_failing(healthy: bool, after: int, pid: int, state_file: Path) -> st
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="health.py",
-        description="Send every model of a running sam2-triton server a request its backend "
-        "must answer; exit 0 when all did, 1 when one did not (one line per model).",
+        description="Send every model a running sam2-triton server loaded a request its "
+        "backend must answer; exit 0 when all did, 1 when one did not (one line per model).",
     )
     p.add_argument("--url", default="127.0.0.1:8000", help="HTTP host:port (default: %(default)s)")
     p.add_argument(
