@@ -378,10 +378,19 @@ def test_the_cuda_memory_pool_is_kept_for_the_models_that_use_it():
     assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2_video"]) is None
     assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2"]) == 2048
     assert default_cuda_memory_pool_mb("cpu", None) is None
-    command = EmbeddedTriton(Path("r"), models=["sam2_session"]).command(Path("b"))
+    server = EmbeddedTriton(Path("r"), models=["sam2_session"])
+    command = server.command(Path("b"))
     assert "--model-control-mode=explicit" in command
     assert "--load-model=sam2_session" in command
-    assert "--model-control-mode=none" in EmbeddedTriton(Path("r")).command(Path("b"))
+    # Explicit control opens the repository API: closed but to this server's secret.
+    ((header, key),) = server.repository_api_headers.items()
+    restriction = f"model-repository:{header}={key}"
+    assert f"--http-restricted-api={restriction}" in command
+    assert f"--grpc-restricted-protocol={restriction}" in command
+    assert len(key) >= 24 and key != EmbeddedTriton(Path("r"), models=["x"]).repository_api_key
+    everything = EmbeddedTriton(Path("r"))
+    assert "--model-control-mode=none" in everything.command(Path("b"))
+    assert everything.repository_api_headers == {}
 
 
 def test_startup_without_tritonserver(tiny_repository):

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
-from conftest import assert_real_logits, serving
+from conftest import assert_real_logits, run_script, serving
 from PIL import Image
 from test_client_pipeline import (
     LOGIT_TOL,
@@ -939,15 +939,39 @@ def test_the_instance_warmed_up_at_load_and_kept_nothing(small_server, engine):
 def test_the_server_loads_only_the_models_named(small_server):
     """``models`` (serve_local's ``--load-model``): sam2_session is served; the repository's
     sam2_video, whose weights are missing, was not loaded and is neither reported as failed
-    nor probed."""
+    nor probed; Triton's repository API, open under explicit model control, is closed to
+    requests without the server's secret header."""
     from sam2_triton.health import probe_server
 
     states = small_server.model_states()
     assert states["sam2_session"][0] == "READY", states
     assert states["sam2_video"][0] != "READY" and small_server.unavailable_models() == {}, states
     # The health probe (serve_local's supervision, the healthchecks) probes what was loaded.
-    results = probe_server(small_server.http_url, timeout=60)
+    headers = small_server.repository_api_headers
+    results = probe_server(small_server.http_url, timeout=60, headers=headers)
     assert [(r.model, r.healthy) for r in results] == [("sam2_session", True)], results
+    # Explicit model control opens the repository API: without the server's secret header,
+    # neither a load nor an unload nor the index is accepted, over HTTP or gRPC.
+    base = f"http://{small_server.http_url}/v2/repository"
+    for path in ("models/sam2_video/load", "models/sam2_session/unload", "index"):
+        answer = requests.post(f"{base}/{path}", data=b"{}", timeout=30)
+        assert answer.status_code in (401, 403), (path, answer.status_code, answer.text)
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(small_server.grpc_url)
+    with client, pytest.raises(InferenceServerException):
+        client.unload_model("sam2_session")
+    assert small_server.model_states()["sam2_session"][0] == "READY"
+    assert small_server.model_states()["sam2_video"][0] != "READY"
+    # The healthcheck CLI: with --header it reads the index and probes; without, it fails.
+    ((name, key),) = headers.items()
+    url = ("--url", small_server.http_url, "--timeout", "60")
+    probe = run_script("healthcheck.py", *url, "--header", f"{name}={key}", check=False)
+    assert probe.returncode == 0 and "sam2_session" in probe.stdout, probe.stderr
+    assert "sam2_video" not in probe.stdout + probe.stderr
+    refused = run_script("healthcheck.py", *url, check=False)
+    assert refused.returncode == 1 and "repository index: HTTP 403" in refused.stderr, refused
 
 
 def test_pytorch_runtime_session_equals_predictor(small_server, reference, photos):

@@ -194,10 +194,13 @@ class ServerUnreachable(OSError):
         self.timed_out = timed_out
 
 
-def model_states(url: str, timeout: float = 10) -> dict[str, tuple[str, str]]:
+def model_states(
+    url: str, timeout: float = 10, headers: dict[str, str] | None = None
+) -> dict[str, tuple[str, str]]:
     """``{model: (state, reason)}`` from Triton's repository index, or
-    :class:`ServerUnreachable`."""
-    answer = _request(f"{_base(url)}/v2/repository/index", b"{}", {}, timeout)
+    :class:`ServerUnreachable`. ``headers``: what a server that restricts its repository API
+    asks for (``serve_local --load-model``)."""
+    answer = _request(f"{_base(url)}/v2/repository/index", b"{}", dict(headers or {}), timeout)
     if answer.status != 200:
         message = answer.error or f"repository index: HTTP {answer.status} {answer.text}"
         raise ServerUnreachable(message, answer.timed_out)
@@ -232,16 +235,22 @@ def probe_model(url: str, model: str, timeout: float = 30) -> ProbeResult:
     return ProbeResult(model, False, detail, timed_out=answer.timed_out, seconds=seconds)
 
 
-def probe_server(url: str, models: Sequence[str] | None = None, timeout: float = 30):
+def probe_server(
+    url: str,
+    models: Sequence[str] | None = None,
+    timeout: float = 30,
+    headers: dict[str, str] | None = None,
+):
     """Probe ``models`` (default: every model the server has loaded or tried to load, probed
     by :data:`PROBES` where it has a probe there, else by its READY state only: a model of
     the repository that explicit model control never loaded has no state and is left out);
-    ``timeout`` bounds the whole round. Returns one :class:`ProbeResult` per model (one for
-    the server when it cannot be asked).
+    ``timeout`` bounds the whole round; ``headers`` go with the repository index request (see
+    :func:`model_states`). Returns one :class:`ProbeResult` per model (one for the server
+    when it cannot be asked).
     """
     deadline = time.monotonic() + timeout
     try:
-        states = model_states(url, timeout=min(10, timeout))
+        states = model_states(url, timeout=min(10, timeout), headers=headers)
     except ServerUnreachable as e:
         return [ProbeResult("server", False, str(e), timed_out=e.timed_out)]
     results = []
@@ -306,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", action="append", help="probe only this model (repeatable; default: all)"
     )
     p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="send this header with the repository index request, for a server that restricts "
+        "its repository API (tritonserver --http-restricted-api=model-repository:NAME=VALUE)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=20, help="seconds for the whole round (default: 20)"
     )
     p.add_argument("--quiet", action="store_true", help="print failures only")
@@ -328,8 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    results = probe_server(args.url, args.model, args.timeout)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    headers = dict(h.partition("=")[::2] for h in args.header)
+    if any(not name or not value for name, value in headers.items()):
+        parser.error("--header takes NAME=VALUE")
+    results = probe_server(args.url, args.model, args.timeout, headers=headers)
     healthy = all(r.healthy for r in results)
     for r in results:
         if not (args.quiet and r.healthy):

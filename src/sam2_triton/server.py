@@ -92,6 +92,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The header (gRPC metadata key) that Triton's repository API asks for where
+#: :attr:`EmbeddedTriton.models` turns on explicit model control.
+REPOSITORY_API_HEADER = "sam2-triton-repository-key"
+
+
 def check_repository(
     repository: Path, config_name: str | None, only: Sequence[str] | None = None
 ) -> list[str]:
@@ -159,8 +164,11 @@ class EmbeddedTriton:
     #: None: Triton's default (right for the CPU configs).
     cuda_memory_pool_mb: int | None = None
     #: Load only these models (Triton's explicit model control; an ensemble brings the models
-    #: it calls). None: every model of the repository.
+    #: it calls). None: every model of the repository. Explicit control opens Triton's
+    #: repository API (load, unload: a load may carry model files, so code), so it is then
+    #: restricted to requests with :attr:`repository_api_headers`, a secret of this object.
     models: Sequence[str] | None = None
+    repository_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     extra_args: list[str] = field(default_factory=list)
     #: Name prefix of the python backend's shared-memory regions (``/dev/shm``): unique to
     #: this object, so that :meth:`stop` removes the regions of stubs that died (a dead stub
@@ -170,6 +178,14 @@ class EmbeddedTriton:
     )
     process: subprocess.Popen | None = None
     _workdir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def repository_api_headers(self) -> dict[str, str]:
+        """The header Triton's repository API (index, load, unload) asks for: none where all
+        models are loaded (``--model-control-mode=none`` refuses loads and unloads anyway)."""
+        if self.models is None:
+            return {}
+        return {REPOSITORY_API_HEADER: self.repository_api_key}
 
     @property
     def http_url(self) -> str:
@@ -218,7 +234,11 @@ class EmbeddedTriton:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
-        cmd += [f"--load-model={name}" for name in self.models or ()]
+        if self.models is not None:
+            cmd += [f"--load-model={name}" for name in self.models]
+            restriction = f"model-repository:{REPOSITORY_API_HEADER}={self.repository_api_key}"
+            cmd += [f"--http-restricted-api={restriction}"]
+            cmd += [f"--grpc-restricted-protocol={restriction}"]
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
         if self.cuda_memory_pool_mb:
@@ -277,7 +297,8 @@ class EmbeddedTriton:
         """``{model: (state, reason)}`` from Triton's repository index (empty if unreachable)."""
         url = f"http://{self.http_url}/v2/repository/index"
         try:
-            req = urllib.request.Request(url, data=b"{}", method="POST")
+            headers = self.repository_api_headers
+            req = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
             with urllib.request.urlopen(req, timeout=2) as r:
                 index = json.load(r)
         except (urllib.error.URLError, OSError, ValueError):

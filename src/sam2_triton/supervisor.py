@@ -211,7 +211,12 @@ class Supervisor:
 
     def _probe(self) -> str | None:
         """The first definite probe failure (a line), or None."""
-        results = probe_server(self.server.http_url, self._models, self.probe_timeout_s)
+        results = probe_server(
+            self.server.http_url,
+            self._models,
+            self.probe_timeout_s,
+            headers=self.server.repository_api_headers,
+        )
         for r in results:
             if not r.healthy and r.timed_out:
                 log.warning("sam2-triton: health probe timed out, not counted: %s", r.line())
