@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import resource
 import secrets
@@ -30,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sam2_triton import health
 from sam2_triton.model_config import ONNX_PLATFORM, VIDEO, VIDEO_WEIGHTS, read_config
 from sam2_triton.models import UserError
 
@@ -106,15 +106,14 @@ def check_repository(
         raise UserError(f"model repository not found: {repository}")
     models = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        if only is not None and model_dir.name not in only:
-            if (model_dir / "config.pbtxt").is_file():
-                models.append(model_dir.name)
-            continue
         config_path = model_dir / "config.pbtxt"
         if config_name and (model_dir / "configs" / f"{config_name}.pbtxt").is_file():
             config_path = model_dir / "configs" / f"{config_name}.pbtxt"
         if not config_path.is_file():
             continue
+        models.append(model_dir.name)
+        if only is not None and model_dir.name not in only:
+            continue  # not loaded: its files are not needed
         config = read_config(config_path)
         if config.platform == ONNX_PLATFORM or config.backend == "onnxruntime":
             needed = model_dir / "1" / (config.default_model_filename or "model.onnx")
@@ -127,7 +126,6 @@ def check_repository(
                 f"model {model_dir.name}: {needed} is missing "
                 "(export it with scripts/export_onnx.py)"
             )
-        models.append(model_dir.name)
     if not models:
         raise UserError(f"no models (config.pbtxt) in {repository}")
     unknown = [m for m in only or () if m not in models]
@@ -294,16 +292,12 @@ class EmbeddedTriton:
             return False
 
     def model_states(self) -> dict[str, tuple[str, str]]:
-        """``{model: (state, reason)}`` from Triton's repository index (empty if unreachable)."""
-        url = f"http://{self.http_url}/v2/repository/index"
+        """``{model: (state, reason)}`` from Triton's repository index (empty if unreachable):
+        :func:`sam2_triton.health.model_states` with this server's headers."""
         try:
-            headers = self.repository_api_headers
-            req = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=2) as r:
-                index = json.load(r)
-        except (urllib.error.URLError, OSError, ValueError):
+            return health.model_states(self.http_url, 2, self.repository_api_headers)
+        except health.ServerUnreachable:
             return {}
-        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in index}
 
     def unavailable_models(self) -> dict[str, str]:
         """Models Triton could not load, with the first line of its reason."""
