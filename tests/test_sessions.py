@@ -397,6 +397,7 @@ def test_weights_stored_in_autocast_dtype_give_the_same_answers(tiny_checkpoint)
             return decoder(*inputs)
 
     before = answer()
+    assert_real_logits(before[0].float().numpy(), "masks before the cast")
     changed = cast_autocast_weights(decoder, torch.bfloat16)
     after = answer()
     assert changed > 50
