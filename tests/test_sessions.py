@@ -553,6 +553,73 @@ def test_arena_shrinks_on_the_first_small_run_after_large_ones(tiny_repository):
     assert passed == [False, False, False, False, True, False, False, True]
 
 
+def test_idle_release_gives_a_bursts_memory_back_once_per_idle_spell():
+    """An instance's cached device memory goes back only when it has been idle for
+    ``idle_s`` and the cache grew beyond the slack since the warm-up; never while an
+    execution runs; once per idle spell (what sessions still hold is not asked for again
+    until the engine has run). The clock and torch's figures are stand-ins (no GPU here);
+    the release on the device is measured by the GPU benchmark (docs/benchmarks.md)."""
+    import torch
+
+    from sam2_triton.sessions.runtime import IdleRelease
+
+    now, reserved, released = [0.0], [1000], []
+
+    def release():
+        released.append(now[0])
+        reserved[0] = 1300  # what live sessions hold stays
+
+    idle = IdleRelease(
+        torch.device("cpu"),
+        5.0,
+        slack_bytes=200,
+        clock=lambda: now[0],
+        reserved=lambda: reserved[0],
+        release=release,
+        on_release=lambda before, after: released.append((before, after)),
+    )
+    idle.settle()
+    with idle.busy():
+        reserved[0] = 1150  # one user's clicks: within the slack
+    now[0] = 60.0
+    assert idle.poll() is None and released == []
+    with idle.busy():
+        reserved[0] = 3000  # a burst
+        now[0] = 100.0
+        assert idle.poll() is None  # running: never
+    now[0] = 104.9
+    assert idle.poll() is None  # idle 4.9 s of 5
+    now[0] = 105.0
+    assert idle.poll() == 1700 and released == [105.0, (3000, 1300)]
+    now[0] = 500.0
+    assert idle.poll() is None  # 300 over the baseline, but released already this spell
+    with idle.busy():
+        pass
+    now[0] = 505.0
+    assert idle.poll() == 0 and len(released) == 4  # a new spell: asked once more
+    with pytest.raises(ValueError, match="idle_s"):
+        IdleRelease(torch.device("cpu"), 0)
+
+
+def test_the_idle_release_is_a_config_choice(engine):
+    """``memory_release_idle_s`` reaches sam2_session's configs (5 s by default, 0: never),
+    configure_repository sets it, a negative value is refused, and an engine on the CPU (no
+    torch cache to give back) has none."""
+    from sam2_triton import model_config as mc
+    from sam2_triton.cli.configure_repository import build_parser, params_from_args
+
+    gpu = mc.RepositoryParams(model_size="base_plus")
+    assert mc.session_config(gpu).parameters["memory_release_idle_s"].string_value == "5"
+    args = build_parser().parse_args(["--session-memory-release-idle", "0.5"])
+    changed, cpu = params_from_args(args)
+    assert changed.session.memory_release_idle_s == 0.5
+    assert mc.session_config(changed).parameters["memory_release_idle_s"].string_value == "0.5"
+    assert cpu.session.memory_release_idle_s == 5.0  # the flags change --target's configs
+    with pytest.raises(UserError, match="memory_release_idle_s"):
+        dataclasses.replace(gpu.session, memory_release_idle_s=-1).check("gpu")
+    assert engine.limits.memory_release_idle_s == 5.0 and engine.idle_release is None
+
+
 def _jpeg(image: np.ndarray, orientation: int = 1, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     exif = Image.Exif()

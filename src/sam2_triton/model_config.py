@@ -134,7 +134,9 @@ class SessionServing:
     most ``max_batch_size`` per execution, with no waiting for a fuller batch
     (``max_queue_delay_us`` 0): requests that arrive while an instance is busy form its next
     batch. Each instance keeps at most ``max_sessions`` sessions (least recently used evicted
-    first) and drops one ``idle_timeout_s`` after its last request. Triton itself forgets a
+    first) and drops one ``idle_timeout_s`` after its last request; on a GPU, an instance idle
+    for ``memory_release_idle_s`` gives back the device memory a burst left in torch's cache
+    (0: never). Triton itself forgets a
     sequence ``TRITON_IDLE_MARGIN_S`` later, so that a late prompt reaches the model and gets
     its message ("start the session again with the image") rather than Triton's.
     ``max_candidate_sequences`` is how many open sequences Triton tracks per instance;
@@ -158,6 +160,7 @@ class SessionServing:
     max_image_pixels: int = 64_000_000
     max_image_bytes: int = 64 << 20
     max_encode_batch: int = 8
+    memory_release_idle_s: float = 5.0
     warmup: bool = True
     runtime: str = "pytorch"
     torch_compile: str = "default"
@@ -186,6 +189,8 @@ class SessionServing:
             )
         if self.idle_timeout_s < 1 or self.max_queue_delay_us < 0:
             raise UserError("the session idle timeout must be ≥ 1 s and delays ≥ 0")
+        if self.memory_release_idle_s < 0:
+            raise UserError("memory_release_idle_s must be ≥ 0 (0: never)")
 
 
 #: Seconds Triton keeps a sequence after the model has dropped its idle session.
@@ -614,6 +619,7 @@ def session_config(params: RepositoryParams) -> mc.ModelConfig:
         "max_image_bytes": s.max_image_bytes,
         "max_points": params.max_points,
         "max_encode_batch": s.max_encode_batch,
+        "memory_release_idle_s": f"{s.memory_release_idle_s:g}",
         "warmup": str(s.warmup).lower(),
         "sam2_model_size": params.model_size,
         "runtime": s.runtime,

@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SESSION_COMPILE_MODES,
         help="with --session-runtime pytorch on a GPU: torch.compile's mode (none: eager)",
     )
+    g.add_argument(
+        "--session-memory-release-idle",
+        type=float,
+        metavar="SECONDS",
+        help="on a GPU, an instance idle this long gives back the device memory a burst left "
+        "in torch's cache (0: never)",
+    )
     g = p.add_argument_group("sam2_video")
     for flag, (_field, kind, meaning) in VIDEO_FLAGS.items():
         g.add_argument(f"--video-{flag.replace('_', '-')}", type=kind, help=meaning)
@@ -138,6 +145,7 @@ def params_from_args(args: argparse.Namespace):
         max_sessions=args.session_max_sessions,
         idle_timeout_s=args.session_idle_timeout,
         max_image_pixels=args.session_max_image_pixels,
+        memory_release_idle_s=args.session_memory_release_idle,
         runtime=args.session_runtime,
         # torch.compile is the pytorch runtime's: ONNX Runtime asked for alone turns it off.
         torch_compile=args.session_torch_compile

@@ -51,6 +51,7 @@ from sam2_triton.sessions.jpeg import JpegDecoder
 from sam2_triton.sessions.runtime import (
     BucketedOrtSession,
     CudaGraphOrtSession,
+    IdleRelease,
     StageClock,
     TorchOrtSession,
 )
@@ -82,8 +83,10 @@ class SessionLimits:
     one arrives at a full instance); ``idle_timeout_s`` after its last request a session is
     dropped; images of more than ``max_image_pixels`` pixels or ``max_image_bytes`` bytes are
     refused; at most ``max_points`` points (a box counts as two) per prompt;
-    ``max_encode_batch`` new images per encoder run. The defaults are those the generated
-    config writes (:class:`~sam2_triton.model_config.SessionServing`).
+    ``max_encode_batch`` new images per encoder run; on a GPU, after ``memory_release_idle_s``
+    seconds without a request the device memory a burst left in torch's cache goes back
+    (:class:`~sam2_triton.sessions.runtime.IdleRelease`; 0: never). The defaults are those
+    the generated config writes (:class:`~sam2_triton.model_config.SessionServing`).
     """
 
     max_sessions: int = SessionServing.max_sessions
@@ -92,6 +95,7 @@ class SessionLimits:
     max_image_bytes: int = SessionServing.max_image_bytes
     max_points: int = MAX_POINTS
     max_encode_batch: int = SessionServing.max_encode_batch
+    memory_release_idle_s: float = SessionServing.memory_release_idle_s
 
 
 #: The session id of :meth:`ImageSessionEngine.warm`'s request (Triton's are integers or
@@ -298,6 +302,7 @@ class ImageSessionEngine:
         shrink_encoder_arena_above: int | None = 1,
         on_drop: Callable[[Hashable, ImageSession, str], None] | None = None,
         torch_networks: "TorchNetworks | None" = None,
+        on_memory_release: Callable[[int, int], None] | None = None,
     ) -> None:
         import torch
 
@@ -335,6 +340,13 @@ class ImageSessionEngine:
         self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
         self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(3, 1, 1)
         self._feature_bytes: int | None = None  # a session's features, once one was encoded
+        #: Gives a burst's cached memory back when idle (GPU; its thread: ``.start()``).
+        self.idle_release: IdleRelease | None = None
+        if cuda and limits.memory_release_idle_s > 0:
+            self.idle_release = IdleRelease(
+                device, limits.memory_release_idle_s, on_release=on_memory_release
+            )
+            self.idle_release.settle()
 
     def session_nbytes(self) -> int:
         """Bytes a session of this engine holds at most: its features as the encoder gives
@@ -405,6 +417,8 @@ class ImageSessionEngine:
             # What the warm-up's runs left in torch's cache (a batch of two images, the
             # graphs' plain runs) goes back to the device; the graphs keep their own pool.
             torch.cuda.empty_cache()
+            if self.idle_release is not None:
+                self.idle_release.settle()
         return time.perf_counter() - t0
 
     def _warm_torch_networks(self) -> None:
@@ -445,6 +459,10 @@ class ImageSessionEngine:
     def execute(self, requests: Sequence[SessionRequest]) -> list[SessionAnswer | RequestError]:
         """Answer one batch (at most one request per session); an error answers only its
         request. Sessions of this batch are never evicted by its own new images."""
+        with self.idle_release.busy() if self.idle_release else nullcontext():
+            return self._execute(requests)
+
+    def _execute(self, requests: Sequence[SessionRequest]) -> list[SessionAnswer | RequestError]:
         answers: list[SessionAnswer | RequestError | None] = [None] * len(requests)
         in_use = {r.session_id for r in requests}
         for key in in_use:  # a request is a use: no sweep may expire these now
@@ -808,5 +826,7 @@ class ImageSessionEngine:
         )
 
     def close(self) -> None:
-        """Drop every session (the instance is unloading)."""
+        """Drop every session and stop the idle release's thread (the instance is unloading)."""
+        if self.idle_release is not None:
+            self.idle_release.stop()
         self.store.clear()

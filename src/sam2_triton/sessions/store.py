@@ -165,25 +165,33 @@ class SessionStore(Generic[T]):
                 self._on_drop(key, value, reason)
 
 
-class Sweeper:
-    """Calls ``store.expire()`` every ``interval_s`` seconds on a daemon thread, so an idle
-    server frees expired sessions' memory without waiting for the next request."""
+class Periodic:
+    """Calls ``action()`` every ``interval_s`` seconds on a daemon thread, from :meth:`start`
+    until :meth:`stop`: work an idle server does without waiting for a request."""
 
-    def __init__(self, store: SessionStore, interval_s: float) -> None:
-        self._store = store
+    def __init__(self, action: Callable[[], object], interval_s: float, name: str) -> None:
+        self._action = action
         self._interval = interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="session-sweeper", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> Sweeper:
+    def start(self) -> Periodic:
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self._store.expire()
+            self._action()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+
+class Sweeper(Periodic):
+    """Calls ``store.expire()`` every ``interval_s`` seconds on a daemon thread, so an idle
+    server frees expired sessions' memory without waiting for the next request."""
+
+    def __init__(self, store: SessionStore, interval_s: float) -> None:
+        super().__init__(store.expire, interval_s, "session-sweeper")

@@ -71,6 +71,7 @@ class TritonPythonModel:
             max_image_bytes=int(number("max_image_bytes", defaults.max_image_bytes)),
             max_points=int(number("max_points", defaults.max_points)),
             max_encode_batch=int(number("max_encode_batch", defaults.max_encode_batch)),
+            memory_release_idle_s=number("memory_release_idle_s", defaults.memory_release_idle_s),
         )
         # The networks are the repository's own exported graphs: the config names their model
         # folders (in this repository, or absolute paths).
@@ -102,6 +103,7 @@ class TritonPythonModel:
                 decode_buckets=bucket_sizes(int(config.get("max_batch_size", 1))),
                 on_drop=lambda key, _s, why: log.log_verbose(f"{self.name}: session {key} {why}"),
                 torch_networks=networks,
+                on_memory_release=self._log_release,
             )
             warmed = ""
             if parameter(config, "warmup", "false") == "true":
@@ -110,6 +112,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
         # Expired sessions are freed even when no request comes.
         self.sweeper = Sweeper(self.engine.store, min(30.0, limits.idle_timeout_s / 4)).start()
+        if self.engine.idle_release is not None:
+            self.engine.idle_release.start()
         self.max_elements = {
             "image_bytes": limits.max_image_bytes,
             "point_coords": 2 * limits.max_points,
@@ -138,6 +142,18 @@ class TritonPythonModel:
             f"at most {limits.max_sessions} "
             f"sessions of {self.engine.session_nbytes() / 2**20:.2f} MiB, idle timeout "
             f"{limits.idle_timeout_s:g} s{warmed}"
+        )
+
+    def _log_release(self, before: int, after: int) -> None:
+        import torch
+
+        # What tensors use (the sessions, the graphs' buffers): the rest of the reserve after
+        # a release is held by segments that some live tensor still shares.
+        used = torch.cuda.memory_allocated(self.engine.device)
+        pb_utils.Logger.log_info(
+            f"{self.name}: idle: gave back {(before - after) / 2**20:.0f} MiB of cached device "
+            f"memory (torch's reserve {before / 2**20:.0f} -> {after / 2**20:.0f} MiB, "
+            f"{used / 2**20:.0f} MiB of it in use)"
         )
 
     def execute(self, requests: list) -> list:
