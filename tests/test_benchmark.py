@@ -69,6 +69,7 @@ def test_quick_benchmark_against_embedded_triton(
     sessions = [r for r in triton if r["model"].startswith("session")]
     assert {(r["protocol"], r["model"]) for r in sessions} == {  # --quick: HTTP only
         ("http", "session_start"),
+        ("http", "session_empty"),
         ("http", "session_decode"),
     }
     for r in sessions:  # beside the session engine in process, on the same files
@@ -86,6 +87,10 @@ def test_quick_benchmark_against_embedded_triton(
             batch = r["baseline"]["batch"]
             assert batch["batch"] == 2 and batch["throughput"] > 0, r
             assert {"prompt", "decoder", "masks"} <= set(batch["stages_ms"]), r
+        elif r["model"] == "session_empty":  # the served path's own cost: no prompt at all
+            assert r["outputs"] == ["image_size"] and r["concurrency"] == 1, r
+            assert 0 < r["request_bytes"] < 512, r
+            assert r["baseline"]["latency_ms_p50"] > 0, r
         else:
             assert {"image decode", "encoder"} <= set(r["baseline"]["stages_ms"]), r
         served = r["server"]["sam2_session"]  # Triton's split of the session model's time

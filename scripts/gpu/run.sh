@@ -119,6 +119,13 @@ served)
         grep -v '^|' | tail -40 || true
     echo "after: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$NAME.txt"
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
+    # Idle: sam2_session gives a burst's cached memory back after memory_release_idle_s
+    # (default 5 s; polled every half of it), so this waits $IDLE_WAIT s (default 12).
+    sleep "${IDLE_WAIT:-12}"
+    echo "after ${IDLE_WAIT:-12} s idle: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" \
+        >>"$OUT/memory_$NAME.txt"
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
+    grep -h "gave back" "$log" | tail -4 >>"$OUT/memory_$NAME.txt" || true
     curl -s localhost:8002/metrics | grep -E "^nv_inference_(exec|request)_count|nv_gpu_memory" \
         >"$OUT/metrics_$NAME.txt" || true
     kill -TERM $server

@@ -60,6 +60,8 @@ def _size(r: dict) -> str:
         return r.get("image", "1")
     if r["model"] == "session_decode":
         return f"1 click, {_answer(r)}, {r.get('request_bytes', '?')} B request"
+    if r["model"] == "session_empty":
+        return f"no prompt, image_size, {r.get('request_bytes', '?')} B request"
     return str(r["batch"])
 
 

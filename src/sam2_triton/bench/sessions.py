@@ -11,6 +11,11 @@ What the sessions issue asks to be measured, on the served model and in process:
   in several processes: one Python process cannot make a few thousand requests a second).
   Three answers, each a case: the IoU alone (what a click costs besides its mask's bytes),
   the IoU and the mask as run lengths (``mask_rle``), the IoU and the full H x W ``masks``.
+* ``session_empty``: a request of an open session with no prompt, answered with its
+  ``image_size``: no network runs, nothing crosses the device. What the served path itself
+  costs (client, gRPC or HTTP, Triton's sequence batcher, the Python stub's reading and
+  answering): the floor under every click, and the part of the served/in-process ratio that
+  no engine change can lower.
 
 Each result records the request's size on the wire (HTTP body, JSON part included) and the
 in-process baseline: the same :class:`~sam2_triton.sessions.image.ImageSessionEngine` on the
@@ -45,6 +50,9 @@ FULL_OUTPUTS = ("iou_predictions", "masks")
 IOU_OUTPUTS = ("iou_predictions",)
 #: The decode cases the benchmark runs, served and in process.
 DECODE_OUTPUTS = (IOU_OUTPUTS, RLE_OUTPUTS, FULL_OUTPUTS)
+#: ``session_empty``: a request without a prompt, and the one output it then has.
+NO_PROMPT: dict[str, np.ndarray] = {}
+EMPTY_OUTPUTS = ("image_size",)
 
 
 def photo_jpeg(width: int = 1920, height: int = 1080, quality: int = 90) -> bytes:
@@ -297,8 +305,8 @@ class InProcessSessions:
             requests = [
                 SessionRequest(
                     key,
-                    points=p["point_coords"],
-                    labels=p["point_labels"],
+                    points=p.get("point_coords"),
+                    labels=p.get("point_labels"),
                     outputs=frozenset(outputs),
                 )
                 for p in prompts

@@ -33,6 +33,7 @@ UNITS = {
     "interactive": "sessions/s",
     "session_start": "sessions/s",  # a new session on a JPEG file per call
     "session_decode": "masks/s",  # a click on an open session per call
+    "session_empty": "requests/s",  # a request of an open session without a prompt
 }
 
 
@@ -631,13 +632,16 @@ class Suite:
         for protocol in (p for p in protocols if p in c.session_protocols):
             caller = bs.SessionCaller(target, protocol, image)
             try:
-                cases = [("session_start", None, caller.start(), 1)]
+                empty = caller.decode([bs.NO_PROMPT], bs.EMPTY_OUTPUTS)
+                cases = [
+                    ("session_start", None, prompts, caller.start(), 1),
+                    ("session_empty", bs.EMPTY_OUTPUTS, [bs.NO_PROMPT], empty, 1),
+                ]
                 for outputs in bs.DECODE_OUTPUTS:
                     for conc in c.session_concurrency:
-                        cases.append(
-                            ("session_decode", outputs, caller.decode(prompts, outputs), conc)
-                        )
-                for model, outputs, make, conc in cases:
+                        make = caller.decode(prompts, outputs)
+                        cases.append(("session_decode", outputs, prompts, make, conc))
+                for model, outputs, sent, make, conc in cases:
                     self._describe(f"triton {protocol} {model} {outputs or ''} c{conc}")
                     processes = self.client_processes(conc) if outputs else 1
                     stats, server, cpu = self._measure_served(
@@ -647,7 +651,7 @@ class Suite:
                     if outputs is not None:
                         extra["outputs"] = list(outputs)
                         extra["request_bytes"] = max(
-                            bs.request_bytes(p, outputs, 2**53 - 1) for p in prompts
+                            bs.request_bytes(p, outputs, 2**53 - 1) for p in sent
                         )
                     result = record("triton", model, stats, concurrency=conc, **extra, **common)
                     result["server"] = server
@@ -699,6 +703,11 @@ class Suite:
                 base["jpeg_on_cpu"] = self._baseline(start, 1, device, "session_start")
                 base["jpeg_on_cpu"]["stages_ms"] = engine.stage_profile(start, calls, False)
                 engine.engine.jpeg = JpegDecoder(engine.engine.device, on_gpu=True)
+            self._describe("in-process session_empty")
+            make = engine.decode(image, [bs.NO_PROMPT], bs.EMPTY_OUTPUTS)
+            out[("session_empty", bs.EMPTY_OUTPUTS)] = self._baseline(
+                make, 1, device, "session_empty"
+            )
             for outputs in bs.DECODE_OUTPUTS:
                 self._describe(f"in-process session_decode {outputs}")
                 make = engine.decode(image, prompts, outputs)
