@@ -59,15 +59,21 @@ def from_numpy(name: str, value: np.ndarray):
     return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
 
 
-def read_inputs(request, max_elements: dict[str, int]) -> dict[str, np.ndarray]:
-    """The request's inputs named in ``max_elements`` that it carries, without Triton's batch
-    dim; each refused (:class:`RequestError`) from its declared shape when it holds more
-    values than its limit, before any array is made of it."""
-    import triton_python_backend_utils as pb_utils
+def input_tensors(request) -> dict[str, object]:
+    """A request's input tensors (``pb_utils.Tensor``) by name, the sequence batcher's
+    controls among them: one pass over the request (the stub's ``get_input_tensor_by_name``
+    lists every input again at each call)."""
+    return {tensor.name(): tensor for tensor in request.inputs()}
 
+
+def read_inputs(tensors: dict[str, object], max_elements: dict[str, int]) -> dict[str, np.ndarray]:
+    """The inputs named in ``max_elements`` that a request carries (``tensors``, as
+    :func:`input_tensors` gives them), without Triton's batch dim; each refused
+    (:class:`RequestError`) from its declared shape when it holds more values than its
+    limit, before any array is made of it."""
     values = {}
     for name, limit in max_elements.items():
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        tensor = tensors.get(name)
         if tensor is None:
             continue
         count = math.prod(int(d) for d in tensor.shape())
@@ -77,16 +83,14 @@ def read_inputs(request, max_elements: dict[str, int]) -> dict[str, np.ndarray]:
     return values
 
 
-def read_sequence(request, model: str) -> tuple[int, bool, bool]:
-    """``(sequence id, starts, ends)`` of a request, from the sequence batcher's controls."""
-    import triton_python_backend_utils as pb_utils
-
-    control = {n: pb_utils.get_input_tensor_by_name(request, n) for n in (START, END, CORRID)}
-    if control[CORRID] is None:
+def read_sequence(tensors: dict[str, object], model: str) -> tuple[int, bool, bool]:
+    """``(sequence id, starts, ends)`` of a request (``tensors``, as :func:`input_tensors`
+    gives them), from the sequence batcher's controls."""
+    if tensors.get(CORRID) is None:
         raise RequestError(f"{model} needs a sequence_id (one per session)")
 
     def first(name: str):
-        return to_numpy(control[name]).reshape(-1)[0] if control[name] is not None else 0
+        return to_numpy(tensors[name]).reshape(-1)[0] if tensors.get(name) is not None else 0
 
     return int(first(CORRID)), bool(first(START)), bool(first(END))
 

@@ -33,6 +33,7 @@ import triton_python_backend_utils as pb_utils
 
 from sam2_triton.backend.sequence import (
     answer_batch,
+    input_tensors,
     parameter,
     read_inputs,
     read_points,
@@ -187,8 +188,9 @@ class TritonPythonModel:
         self._executions = self._requests = 0
 
     def _read(self, request) -> SessionRequest:
-        values = read_inputs(request, self.max_elements)
-        session_id, start, end = read_sequence(request, self.name)
+        tensors = input_tensors(request)
+        values = read_inputs(tensors, self.max_elements)
+        session_id, start, end = read_sequence(tensors, self.name)
         points, labels = read_points(values)
         image = values.get("image_bytes")
         asked = request.requested_output_names()

@@ -52,6 +52,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from sam2_triton.backend.sequence import (  # noqa: E402
     answer_batch,
+    input_tensors,
     parameter,
     read_inputs,
     read_points,
@@ -173,8 +174,9 @@ class TritonPythonModel:
         return answer_batch(self.name, requests, self._read, self.engine.execute, self._outputs)
 
     def _read(self, request) -> VideoRequest:
-        values = read_inputs(request, self.max_elements)
-        session_id, start, end = read_sequence(request, self.name)
+        tensors = input_tensors(request)
+        values = read_inputs(tensors, self.max_elements)
+        session_id, start, end = read_sequence(tensors, self.name)
         points, labels = read_points(values)
         flags = {name: bool(values[name][0]) for name in _FLAGS if name in values}
         numbers = {name: int(values[name][0]) for name in _NUMBERS if name in values}
