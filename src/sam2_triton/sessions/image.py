@@ -177,6 +177,13 @@ def to_host(tensor: "torch.Tensor") -> "torch.Tensor":
     return host.copy_(tensor, non_blocking=True)
 
 
+def _has_mem_pools() -> bool:
+    """Whether this torch routes allocations to a pool of one's own (2.6 and later)."""
+    import torch
+
+    return hasattr(torch.cuda, "MemPool") and hasattr(torch.cuda, "use_mem_pool")
+
+
 def masks_to_rle(masks: "Sequence[torch.Tensor]") -> list[np.ndarray]:
     """COCO's uncompressed run-length encoding of each bool mask of ``masks`` (each item an
     ``[H, W]`` mask or an ``[N, H, W]`` stack of masks; sizes may differ): the lengths of
@@ -340,6 +347,11 @@ class ImageSessionEngine:
         self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
         self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(3, 1, 1)
         self._feature_bytes: int | None = None  # a session's features, once one was encoded
+        # Sessions' tensors in a pool of their own on a GPU: a burst's temporaries then never
+        # share a segment of torch's cache with a session that outlives them, so an idle
+        # release can give all of those back (a session's 2-4 MiB maps would otherwise pin
+        # 20 MiB segments of them). The pool is bounded as the sessions are.
+        self._session_pool = torch.cuda.MemPool() if cuda and _has_mem_pools() else None
         #: Gives a burst's cached memory back when idle (GPU; its thread: ``.start()``).
         self.idle_release: IdleRelease | None = None
         if cuda and limits.memory_release_idle_s > 0:
@@ -582,10 +594,22 @@ class ImageSessionEngine:
             out = self.encoder.run({"image": batch}, shapes)
         if self._feature_bytes is None:
             self._feature_bytes = sum(v[0].nbytes for v in out.values())
-        if len(images) == 1:
+        if len(images) == 1 and self._session_pool is None:
             return [out]
-        # Own storage per session, so evicting one frees its memory.
-        return [{n: v[j : j + 1].clone() for n, v in out.items()} for j in range(len(images))]
+        # Own storage per session (so evicting one frees its memory), in the sessions' pool.
+        with self._session_memory():
+            return [{n: v[j : j + 1].clone() for n, v in out.items()} for j in range(len(images))]
+
+    def _session_memory(self) -> AbstractContextManager:
+        """Allocations inside go to the sessions' pool (where there is one)."""
+        import torch
+
+        if self._session_pool is None:
+            return nullcontext()
+        index = self.device.index  # None for "cuda": the current device
+        return torch.cuda.use_mem_pool(
+            self._session_pool, torch.cuda.current_device() if index is None else index
+        )
 
     # --- decoding ----------------------------------------------------------------------------
 
@@ -680,8 +704,9 @@ class ImageSessionEngine:
         low_res = [out[f"{kind}masks"][row] for row, kind in enumerate(kinds)]  # [M, 256, 256]
         best_logits, best = self._best_logits(out, multi)  # [k, 1, 256, 256], [k]
         clamped = best_logits.clamp(-MASK_LOGIT_CLAMP, MASK_LOGIT_CLAMP)
-        for d, previous in zip(group, clamped.split(1)):
-            d.session.previous_logits = previous.clone()  # its own 256 KiB, not the batch's
+        with self._session_memory():
+            for d, previous in zip(group, clamped.split(1)):
+                d.session.previous_logits = previous.clone()  # its own 256 KiB, not the batch's
         # Rows of one original size (and mask count) are upsampled in one run: rows wanting
         # every mask ("masks") from their M masks, the others from their best mask alone.
         wanted = [d.request.outputs for d in group]
