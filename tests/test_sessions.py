@@ -601,6 +601,37 @@ def test_idle_release_gives_a_bursts_memory_back_once_per_idle_spell():
         IdleRelease(torch.device("cpu"), 0)
 
 
+def test_idle_work_runs_on_threads_of_its_own():
+    """With no request at all: the sweeper drops an expired session and the idle release gives
+    a grown cache back, each from its own daemon thread, and both threads stop."""
+    import torch
+
+    from sam2_triton.sessions.runtime import IdleRelease
+    from sam2_triton.sessions.store import SessionStore, Sweeper
+
+    store: SessionStore[str] = SessionStore(4, 0.05)
+    store.put("a", "session")
+    reserved, released = [1 << 30], threading.Event()
+
+    def release():
+        reserved[0] = 0
+        released.set()
+
+    idle = IdleRelease(torch.device("cpu"), 0.05, reserved=lambda: reserved[0], release=release)
+    sweeper, idle = Sweeper(store, 0.02).start(), idle.start()
+    assert sweeper.running and idle.running
+    try:
+        assert released.wait(10), "the idle release never ran"
+        deadline = time.monotonic() + 10
+        while "a" in store and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "a" not in store and store.why_missing("a") == "expired"
+    finally:
+        sweeper.stop()
+        idle.stop()
+    assert not sweeper.running and not idle.running
+
+
 def test_the_idle_release_is_a_config_choice(engine):
     """``memory_release_idle_s`` reaches sam2_session's configs (5 s by default, 0: never),
     configure_repository sets it, a negative value is refused, and an engine on the CPU (no

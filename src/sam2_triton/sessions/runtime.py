@@ -212,6 +212,11 @@ class IdleRelease:
         if self._thread is not None:
             self._thread.stop()
 
+    @property
+    def running(self) -> bool:
+        """Whether its polling thread is alive."""
+        return self._thread is not None and self._thread.running
+
 
 def padded_rows(value: "torch.Tensor", rows: int) -> "torch.Tensor":
     """``value`` ``[k, ...]`` with its last row repeated up to ``rows`` rows (a batch padded

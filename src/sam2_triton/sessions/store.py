@@ -188,6 +188,11 @@ class Periodic:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread.is_alive()
+
 
 class Sweeper(Periodic):
     """Calls ``store.expire()`` every ``interval_s`` seconds on a daemon thread, so an idle
