@@ -136,9 +136,9 @@ class SessionServing:
     batch. Each instance keeps at most ``max_sessions`` sessions (least recently used evicted
     first) and drops one ``idle_timeout_s`` after its last request; on a GPU, an instance idle
     for ``memory_release_idle_s`` gives back the device memory a burst left in torch's cache
-    (0: never). Triton itself forgets a
-    sequence ``TRITON_IDLE_MARGIN_S`` later, so that a late prompt reaches the model and gets
-    its message ("start the session again with the image") rather than Triton's.
+    (0: never). Triton itself forgets a sequence ``TRITON_IDLE_MARGIN_S`` later, so that a
+    late prompt reaches the model and gets its message ("start the session again with the
+    image") rather than Triton's.
     ``max_candidate_sequences`` is how many open sequences Triton tracks per instance;
     beyond it new sessions wait for one to end or expire. With ``warmup`` each instance
     starts, clicks and ends one session on a blank image at load, so that its first user does

@@ -293,6 +293,11 @@ class ImageSessionEngine:
     graphs are traced from, on the checkpoint); ``encoder_path`` and ``decoder_path`` are
     then not read. On a CUDA device, single images and each bucket of clicks replay CUDA
     graphs that torch captures (with ``cuda_graphs``).
+
+    On a CUDA device, :attr:`idle_release` gives a burst's cached memory back once the engine
+    has been idle for ``limits.memory_release_idle_s`` (its thread is started by the caller:
+    ``engine.idle_release.start()``; :meth:`close` stops it); ``on_memory_release(before,
+    after)`` gets torch's reserved bytes around each release.
     """
 
     def __init__(

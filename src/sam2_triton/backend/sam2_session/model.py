@@ -148,8 +148,8 @@ class TritonPythonModel:
     def _log_release(self, before: int, after: int) -> None:
         import torch
 
-        # What tensors use (the sessions, the graphs' buffers): the rest of the reserve after
-        # a release is held by segments that some live tensor still shares.
+        # What tensors use (the sessions, the weights, the graphs' pool): what stays reserved
+        # beyond it is free space that torch cannot return (inside segments or pools in use).
         used = torch.cuda.memory_allocated(self.engine.device)
         pb_utils.Logger.log_info(
             f"{self.name}: idle: gave back {(before - after) / 2**20:.0f} MiB of cached device "
