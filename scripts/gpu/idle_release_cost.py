@@ -35,34 +35,20 @@ def main() -> None:
 
     import torch
 
-    from sam2_triton.bench.sessions import (
-        FULL_OUTPUTS,
-        RLE_OUTPUTS,
-        InProcessSessions,
-        clicks,
-        photo_jpeg,
-    )
-    from sam2_triton.model_config import SessionServing
-    from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
-    from sam2_triton.sessions.runtime import bucket_sizes
+    from sam2_triton.bench import sessions as bs
+    from sam2_triton.sessions.image import SessionLimits
     from sam2_triton.sessions.torch_networks import TorchNetworks
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     networks = TorchNetworks(args.model, args.checkpoint, "fp16", args.torch_compile)
-    engine = ImageSessionEngine(
-        None,
-        None,
-        device,
-        SessionLimits(max_sessions=64, memory_release_idle_s=args.idle),
-        decode_buckets=bucket_sizes(SessionServing.max_batch_size),
-        torch_networks=networks,
-    )
+    limits = SessionLimits(memory_release_idle_s=args.idle)
+    engine = bs.instance_engine(device, networks=networks, limits=limits)
     engine.warm()
-    sessions = InProcessSessions(None, args.device, engine=engine)
-    jpeg, prompts = photo_jpeg(), clicks((1080, 1920))
-    click = sessions.decode(jpeg, prompts, RLE_OUTPUTS)(0)
-    burst = sessions.decode_batch(jpeg, prompts, FULL_OUTPUTS, 16)(0)
+    sessions = bs.InProcessSessions(None, args.device, engine=engine)
+    jpeg, prompts = bs.photo_jpeg(), bs.clicks((1080, 1920))
+    click = sessions.decode(jpeg, prompts, bs.RLE_OUTPUTS)(0)
+    burst = sessions.decode_batch(jpeg, prompts, bs.FULL_OUTPUTS, 16)(0)
 
     def timed_click(i: int) -> float:
         t0 = time.perf_counter()

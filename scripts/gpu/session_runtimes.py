@@ -105,7 +105,6 @@ def main() -> None:
 
     from sam2_triton.bench.profile import (
         device_used_gib,
-        graph_paths,
         model_feeds,
         time_call,
         torch_memory_mib,
@@ -115,11 +114,10 @@ def main() -> None:
         RLE_OUTPUTS,
         InProcessSessions,
         clicks,
+        instance_engine,
         photo_jpeg,
     )
-    from sam2_triton.model_config import SessionServing
-    from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits, SessionRequest
-    from sam2_triton.sessions.runtime import bucket_sizes
+    from sam2_triton.sessions.image import SessionRequest
     from sam2_triton.sessions.torch_networks import TorchNetworks
 
     device = torch.device(args.device)
@@ -141,16 +139,8 @@ def main() -> None:
     networks = None
     if args.runtime == "pytorch":
         networks = TorchNetworks(args.model, args.checkpoint, args.precision, args.torch_compile)
-    paths = graph_paths(args.repository, device)
     t0 = time.perf_counter()
-    engine = ImageSessionEngine(
-        paths["encoder"],
-        paths["decoder"],
-        device,
-        SessionLimits(max_sessions=64),
-        decode_buckets=bucket_sizes(SessionServing.max_batch_size),
-        torch_networks=networks,
-    )
+    engine = instance_engine(device, args.repository, networks)
     row["load_s"] = round(time.perf_counter() - t0, 1)
     row["torch_mib_before_warm"] = torch_memory()  # the weights, the engine's constants
     row["warm_s"] = round(engine.warm(), 1)

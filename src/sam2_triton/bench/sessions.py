@@ -38,8 +38,11 @@ from sam2_triton.client.triton import SESSION_INPUT_TYPES
 from sam2_triton.model_config import SESSION, SESSION_HEADER
 
 if TYPE_CHECKING:
+    import torch
+
     from sam2_triton.bench.triton import TritonTarget
-    from sam2_triton.sessions.image import ImageSessionEngine
+    from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
+    from sam2_triton.sessions.torch_networks import TorchNetworks
 
 #: Answers of a decode: what an interactive client draws.
 RLE_OUTPUTS = ("iou_predictions", "mask_rle")
@@ -218,6 +221,33 @@ class SessionCaller:
             client.close()
         self._clients.clear()
         self._clicks.clear()
+
+
+def instance_engine(
+    device: "torch.device",
+    repository=None,
+    networks: "TorchNetworks | None" = None,
+    limits: "SessionLimits | None" = None,
+) -> "ImageSessionEngine":
+    """A session engine as a ``sam2_session`` GPU instance of the default config makes it
+    (``limits``, default :class:`~sam2_triton.sessions.image.SessionLimits`; the config's
+    decode buckets), on ``repository``'s exported graphs as the servers choose them on
+    ``device``, or on the PyTorch ``networks`` (the repository is then not read): what the
+    in-process measurements of ``scripts/gpu`` load. Not warmed up."""
+    from sam2_triton.bench.profile import graph_paths
+    from sam2_triton.model_config import SessionServing
+    from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
+    from sam2_triton.sessions.runtime import bucket_sizes
+
+    paths = graph_paths(repository, device) if repository is not None else {}
+    return ImageSessionEngine(
+        paths.get("encoder"),
+        paths.get("decoder"),
+        device,
+        limits or SessionLimits(),
+        decode_buckets=bucket_sizes(SessionServing.max_batch_size),
+        torch_networks=networks,
+    )
 
 
 class InProcessSessions:
