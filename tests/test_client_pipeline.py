@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import assert_real_logits
 
 from sam2_triton.client import OnnxRuntimeBackend, Prediction, Sam2Pipeline, UserError, image_key
 
@@ -80,6 +81,7 @@ class Reference:
 
 def assert_matches(pred: Prediction, ref: Reference) -> dict:
     """Assert the client's prediction equals the predictor's; return the measured diffs."""
+    assert_real_logits(ref.low_res, "Meta's low-res logits")  # not a constant fill
     assert pred.masks.shape == ref.logits.shape and pred.masks.dtype == bool
     assert pred.low_res_logits.shape == ref.low_res.shape
     diffs = {
