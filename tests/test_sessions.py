@@ -377,6 +377,113 @@ def test_pytorch_decoder_pads_batches_and_keeps_each_rows_answer(tiny_checkpoint
             assert torch.allclose(together[name][row], alone[name][0], atol=1e-4)
 
 
+def test_absent_points_change_no_answer_and_need_their_mask(tiny_checkpoint):
+    """Prompts of 1, 3 and 2 points filled up with absent points to 4 and decoded in one run
+    by the masked decoder: each row equals Meta's decoder on that prompt alone (real
+    logits); unfilled, the masked decoder equals Meta's; the same filled batch through
+    Meta's decoder (no mask) answers otherwise, so the mask is what keeps them equal."""
+    import torch
+
+    from sam2_triton import export
+    from sam2_triton.models import get_model_size
+    from sam2_triton.sessions.padded_points import (
+        ABSENT_LABEL,
+        masked_prompt_decoder,
+        pad_points,
+        point_bucket,
+    )
+
+    assert [point_bucket(n) for n in (1, 2, 3, 4, 5, 66)] == [1, 2, 4, 4, 8, 128]
+    model = export.load_sam2(get_model_size("tiny"), tiny_checkpoint)
+    meta, masked = export.prompt_decoder(model), masked_prompt_decoder(model)
+    meta.precompute = masked.precompute = False  # as the PyTorch runtime runs them
+    feed = decoder_feed(3, 1, seed=3)
+    rng = np.random.default_rng(0)
+    counts = (1, 3, 2)
+    coords = [rng.uniform(0, 1024, (1, n, 2)).astype(np.float32) for n in counts]
+    labels = [np.array([[1, 0, 2][:n]], np.float32) for n in counts]
+    padded_coords, padded_labels = pad_points(coords, labels)
+    assert padded_coords.shape == (3, 4, 2)
+    assert (padded_labels == ABSENT_LABEL).sum(1).tolist() == [3, 1, 2]
+
+    def run(decoder, rows, point_coords, point_labels):
+        inputs = {**{n: v[rows] for n, v in feed.items()}}
+        inputs["point_coords"] = torch.from_numpy(point_coords)
+        inputs["point_labels"] = torch.from_numpy(point_labels)
+        with torch.no_grad():
+            return decoder(*[inputs[n] for n in export.DECODER_INPUTS])
+
+    together = run(masked, slice(0, 3), padded_coords, padded_labels)
+    for row in range(3):
+        alone = run(meta, slice(row, row + 1), coords[row], labels[row])
+        assert_real_logits(alone[0].numpy(), f"row {row}")
+        for a, b in zip(alone, together):
+            assert torch.allclose(a[0], b[row], atol=1e-4), row
+        unfilled = run(masked, slice(row, row + 1), coords[row], labels[row])
+        assert all(torch.equal(a, b) for a, b in zip(alone, unfilled))
+    unmasked = run(meta, slice(0, 3), padded_coords, padded_labels)
+    assert (unmasked[0][0] - together[0][0]).abs().max() > 1e-2
+
+
+def test_pytorch_engine_decodes_prompts_of_any_point_counts_in_one_run(
+    pytorch_engine, photos, monkeypatch
+):
+    """The PyTorch runtime decodes a batch of three sessions' prompts of one point, three
+    points and a box (two corner points) in one decoder run; each answer equals that
+    prompt's answer alone (itself Meta's: test_engine_equals_predictor_over_a_session)."""
+    from sam2_triton.sessions.image import SessionRequest
+
+    engine = pytorch_engine
+    assert engine.pads_points
+    images = {11: photos["astronaut"], 12: photos["chelsea"], 13: photos["coffee"]}
+    engine.execute(
+        [SessionRequest(k, start=True, image_bytes=png_bytes(v)) for k, v in images.items()]
+    )
+    cases = [(11, "one_point"), (12, "points_with_negative"), (13, "box")]
+
+    def request(key, case):
+        kw = PROMPT_CASES[case].pixels(images[key].shape[:2])
+        return SessionRequest(
+            key,
+            points=None if "points" not in kw else np.asarray(kw["points"], np.float32),
+            labels=None if "labels" not in kw else np.asarray(kw["labels"]),
+            box=None if "box" not in kw else np.asarray(kw["box"], np.float32),
+        )
+
+    alone = [engine.execute([request(key, case)])[0] for key, case in cases]
+    runs = []
+    run = engine.decoder.run
+    monkeypatch.setattr(engine.decoder, "run", lambda *a: runs.append(1) or run(*a))
+    together = engine.execute([request(key, case) for key, case in cases])
+    assert len(runs) == 1
+    for answer, lone in zip(together, alone):
+        assert not isinstance(answer, Exception), answer
+        assert np.array_equal(answer.masks, lone.masks)
+        assert np.allclose(answer.low_res_masks, lone.low_res_masks, atol=1e-4)
+        assert np.allclose(answer.iou_predictions, lone.iou_predictions, atol=1e-5)
+
+
+def test_pytorch_decoder_takes_float16_features_and_converts_them_exactly(tiny_checkpoint):
+    """The sessions keep FP16 runs' features in float16: the PyTorch decoder gets them so
+    (its graphs' buffers at half the memory) and converts them itself, answering what the
+    same values in float32 give, bit for bit; other floating inputs keep their dtype too."""
+    import torch
+
+    from sam2_triton.sessions.torch_networks import TorchNetworks, _as_input
+
+    _, decoder = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu"))
+    feed = decoder_feed(2, 3, seed=5)
+    features = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
+    half = {n: v.half() if n in features else v for n, v in feed.items()}
+    assert _as_input(half["image_embeddings"], torch.device("cpu")).dtype == torch.float16
+    assert _as_input(torch.ones(2, dtype=torch.int32), torch.device("cpu")).dtype == torch.float32
+    widened = {n: v.float() for n, v in half.items()}
+    asked = {"masks": (2, 1, 256, 256), "iou_predictions": (2, 1)}
+    a, b = decoder.run(half, asked), decoder.run(widened, asked)
+    assert_real_logits(a["masks"].numpy(), "masks from float16 features")
+    assert all(torch.equal(a[n], b[n]) for n in asked)
+
+
 def test_weights_stored_in_autocast_dtype_give_the_same_answers(tiny_checkpoint):
     """``cast_autocast_weights``: the decoder's linear and convolution weights stored in the
     autocast dtype (here bfloat16, the CPU's autocast) answer bit for bit what autocast

@@ -190,8 +190,9 @@ def check_state_dict(
     )
 
 
-def _torch_modules():
-    """The wrappers subclass ``nn.Module``; define them lazily so importing needs no torch."""
+def torch_module_classes() -> tuple[type, type]:
+    """The classes of :func:`image_encoder` and :func:`prompt_decoder`: they subclass
+    ``nn.Module``, so they are defined here, lazily (importing this module needs no torch)."""
     import torch
     from torch import nn
 
@@ -274,7 +275,8 @@ def _torch_modules():
             use_mask = (has_mask_input > 0.5).reshape(-1, 1, 1, 1)
             dense = torch.where(use_mask, pe._embed_masks(mask_input), no_mask)
             with _broadcast_single_repeat(self.precompute):
-                masks, iou, _, _ = self.mask_decoder.predict_masks(
+                masks, iou, _, _ = self._predict_masks(
+                    point_labels,
                     image_embeddings=image_embeddings,
                     image_pe=self.dense_pe if self.precompute else pe.get_dense_pe(),
                     sparse_prompt_embeddings=sparse,
@@ -289,6 +291,11 @@ def _torch_modules():
             else:
                 single_masks, single_iou = masks[:, 0:1], iou[:, 0:1]
             return single_masks, single_iou, masks[:, 1:], iou[:, 1:]
+
+        def _predict_masks(self, point_labels: torch.Tensor, **kwargs):
+            """Meta's ``MaskDecoder.predict_masks`` (``point_labels``: the prompt's, for a
+            subclass that reads them; see :mod:`sam2_triton.sessions.padded_points`)."""
+            return self.mask_decoder.predict_masks(**kwargs)
 
     return ImageEncoder, PromptDecoder
 
@@ -351,12 +358,12 @@ def _broadcast_single_repeat(active: bool) -> Iterator[None]:
 
 def image_encoder(model: "SAM2Base") -> "torch.nn.Module":
     """The ``sam2_encoder`` graph as a torch module."""
-    return _torch_modules()[0](model).eval()
+    return torch_module_classes()[0](model).eval()
 
 
 def prompt_decoder(model: "SAM2Base") -> "torch.nn.Module":
     """The ``sam2_decoder`` graph as a torch module."""
-    return _torch_modules()[1](model).eval()
+    return torch_module_classes()[1](model).eval()
 
 
 def example_decoder_inputs(batch: int = 1, num_points: int = 2) -> tuple["torch.Tensor", ...]:

@@ -24,8 +24,10 @@ the PyTorch modules they are traced from (:mod:`sam2_triton.sessions.torch_netwo
 
 Batching: :meth:`ImageSessionEngine.execute` takes every request Triton's sequence batcher
 put into one batch (at most one per session): new images are encoded together (up to
-``max_encode_batch`` per encoder run) and all prompts with the same number of points, from
-any sessions, are decoded in one decoder run against their sessions' features.
+``max_encode_batch`` per encoder run) and the prompts of any sessions are decoded in one
+decoder run against their sessions' features: on the PyTorch runtime whatever their point
+counts (filled up with absent points that no token attends to,
+:mod:`~sam2_triton.sessions.padded_points`), on ONNX Runtime one run per point count.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from sam2_triton.export import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS,
 from sam2_triton.model_config import MAX_POINTS, SessionServing
 from sam2_triton.models import IMAGE_SIZE, LOW_RES_MASK_SIZE, UserError
 from sam2_triton.sessions.jpeg import JpegDecoder
+from sam2_triton.sessions.padded_points import pad_points
 from sam2_triton.sessions.runtime import (
     BucketedOrtSession,
     CudaGraphOrtSession,
@@ -63,6 +66,10 @@ if TYPE_CHECKING:
     from sam2_triton.sessions.torch_networks import TorchNetworks
 
 log = logging.getLogger(__name__)
+
+#: Point counts the warm-up runs the PyTorch decoder with, at each batch bucket (prompts run
+#: padded to a power of two: one or two clicks, a box, up to eight points).
+WARM_POINT_COUNTS = (1, 2, 4, 8)
 
 #: Pixels upsampled in one run at most (float32: 1 GiB), for a batch's masks.
 UPSAMPLE_ELEMENTS = 1 << 28
@@ -321,6 +328,9 @@ class ImageSessionEngine:
         self.device = device
         self.limits = limits
         self.torch_networks = torch_networks
+        #: Whether prompts of different point counts share one decoder run, filled up with
+        #: absent points (:mod:`~sam2_triton.sessions.padded_points`): the PyTorch networks.
+        self.pads_points = torch_networks is not None
         cuda = device.type == "cuda"
         if torch_networks is not None:
             # A graph per padded shape: single images, and each bucket of clicks.
@@ -448,15 +458,17 @@ class ImageSessionEngine:
         zeros = torch.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), device=self.device)
         for batch in (2, 1):
             shapes = {n: (batch, *TENSOR_SHAPES[n]) for n in ENCODER_OUTPUTS}
-            self.encoder.run({"image": zeros[:batch]}, shapes)
+            features = self.encoder.run({"image": zeros[:batch]}, shapes)
+        # The decoder's graphs are per dtype of their inputs: the features as sessions keep them.
+        dtypes = {n: v.dtype for n, v in features.items()}
         for batch in getattr(self.decoder, "buckets", None) or [1]:
-            # Three point counts: torch.compile gives two dims of equal size one symbol
-            # (batch 2 and 2 points would compile for batch == points only), so the shapes
-            # of several rows and several points are compiled here with unequal ones too.
-            for points in (1, 2, 3):
+            # The point counts prompts run padded to (one graph each): torch.compile gives
+            # two dims of equal size one symbol (batch 2 and 2 points compile for batch ==
+            # points only), so several rows with other point counts are compiled here too.
+            for points in WARM_POINT_COUNTS:
                 inputs, outputs = decoder_shapes(points)
                 feed = {
-                    n: torch.zeros((batch, *shape), device=self.device)
+                    n: torch.zeros((batch, *shape), device=self.device, dtype=dtypes.get(n))
                     for n, shape in inputs.items()
                 }
                 self.decoder.run(feed, {n: (batch, *shape) for n, shape in outputs.items()})
@@ -504,7 +516,10 @@ class ImageSessionEngine:
             except (RequestError, UserError) as e:
                 answers[i] = RequestError(str(e))
                 continue
-            decodes.setdefault(decode.coords.shape[1], []).append(decode)
+            # One decoder run for every prompt where the decoder takes absent points (the
+            # PyTorch networks); ONNX Runtime's graphs: one run per point count.
+            group = 0 if self.pads_points else decode.coords.shape[1]
+            decodes.setdefault(group, []).append(decode)
         for group in decodes.values():
             self._decode(group, answers)
         for request in requests:
@@ -649,7 +664,8 @@ class ImageSessionEngine:
         return _Decode(index, session, coords, labels, mask, request)
 
     def _decode(self, group: list[_Decode], answers: list) -> None:
-        """One decoder run for prompts of equal point count from any sessions."""
+        """One decoder run for prompts of any sessions (of equal point count where the
+        decoder takes no absent points, see :attr:`pads_points`)."""
         import torch
 
         k = len(group)
@@ -658,8 +674,13 @@ class ImageSessionEngine:
             for name in ENCODER_OUTPUTS:
                 parts = [d.session.features[name] for d in group]
                 feed[name] = parts[0] if k == 1 else torch.cat(parts)
-            feed["point_coords"] = torch.from_numpy(np.concatenate([d.coords for d in group]))
-            feed["point_labels"] = torch.from_numpy(np.concatenate([d.labels for d in group]))
+            if self.pads_points:  # to a bucket of point counts, with absent points
+                coords, labels = pad_points([d.coords for d in group], [d.labels for d in group])
+            else:  # one point count
+                coords = np.concatenate([d.coords for d in group])
+                labels = np.concatenate([d.labels for d in group])
+            feed["point_coords"] = torch.from_numpy(coords)
+            feed["point_labels"] = torch.from_numpy(labels)
             side = LOW_RES_MASK_SIZE
             if all(d.mask_input is None for d in group):
                 feed["mask_input"] = self._no_mask.expand(k, 1, side, side)

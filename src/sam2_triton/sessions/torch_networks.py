@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from sam2_triton.model_config import SESSION_COMPILE_MODES, SESSION_WEIGHTS
 from sam2_triton.models import UserError
+from sam2_triton.sessions.padded_points import masked_prompt_decoder
 from sam2_triton.sessions.runtime import AfterLargeRuns, padded_rows
 
 if TYPE_CHECKING:
@@ -79,14 +80,16 @@ class TorchModuleSession:
     at most ``max_graphs`` shapes get one (later shapes run without), all in one memory pool
     (their runs never overlap, and their outputs are copied out after each replay; ``pool``
     shares it with another network's graphs, see :func:`graph_pool`), and only batches of
-    ``graph_batches`` rows (None: any). Their input buffers are shared: one per input and
-    shape of a row, with the rows of the largest bucket, each graph taking its leading rows.
+    ``graph_batches`` rows (None: any). Their input buffers are shared: one per input, shape
+    of a row and dtype, with the rows of the largest bucket, each graph taking its leading
+    rows.
     ``compile_mode``: ``torch.compile``'s mode, or ``none``; a compilation that fails runs
     the module eager from then on (:attr:`compile_error`).
 
     ``float32_outputs``: False returns each output in the dtype the network made it in
-    (under FP16 autocast often float16: the encoder's features, kept so by the sessions at
-    half the memory and converted back exactly where the decoder reads them).
+    (under FP16 autocast often float16: the encoder's features, kept so by the sessions and
+    the decoder's graph buffers at half the memory, and converted back exactly by the
+    decoder itself, :func:`~sam2_triton.sessions.padded_points.masked_prompt_decoder`).
 
     ``name`` (``encoder``, ``decoder``) names it in the log and in :attr:`error`.
 
@@ -187,9 +190,11 @@ class TorchModuleSession:
         output_shapes: Mapping[str, Sequence[int]],
     ) -> dict[str, "torch.Tensor"]:
         """Run on ``feed`` (every input as ``[k, ...]``, the contract's shapes, on this
-        device, float32 or any dtype that converts to it exactly) and return the outputs
-        named in ``output_shapes`` as new ``[k, ...]`` tensors, float32 unless
-        ``float32_outputs`` is off (only the names of ``output_shapes`` are read)."""
+        device) and return the outputs named in ``output_shapes`` as new ``[k, ...]``
+        tensors, float32 unless ``float32_outputs`` is off (only the names of
+        ``output_shapes`` are read). The module gets each floating input in its own dtype
+        (the sessions' float16 features stay float16 in the graphs' buffers: half the
+        memory; the session decoder converts them itself, exactly), any other as float32."""
         import torch
 
         values = [feed[n] for n in self.input_names]
@@ -202,9 +207,7 @@ class TorchModuleSession:
             graphs = False
         graphed = self._replay(values, bucket) if graphs else None
         if graphed is None:
-            inputs = [
-                padded_rows(x.to(self.device, torch.float32), bucket).contiguous() for x in values
-            ]
+            inputs = [padded_rows(_as_input(x, self.device), bucket).contiguous() for x in values]
             outputs = self._forward(inputs)
         else:
             outputs = graphed
@@ -225,14 +228,14 @@ class TorchModuleSession:
     ) -> tuple["torch.Tensor", ...] | None:
         """The outputs of the graph of ``values`` padded to ``bucket`` rows, replayed
         (captured on first use); None where there is no graph for it. Each value is copied
-        once, straight into the graph's float32 input buffer (its last row repeated into
+        once, straight into the graph's input buffer of its dtype (its last row repeated into
         the padding rows). The outputs are the graph's own buffers."""
-        key = tuple((bucket, *x.shape[1:]) for x in values)
+        key = tuple((bucket, *x.shape[1:], _input_dtype(x)) for x in values)
         graph = self._graphs.get(key)
         if graph is None:
             if len(self._graphs) >= self.max_graphs:
                 return None
-            static_inputs = [self._buffer(i, shape) for i, shape in enumerate(key)]
+            static_inputs = [self._buffer(i, shape[:-1], shape[-1]) for i, shape in enumerate(key)]
             _fill(static_inputs, values)
             try:
                 graph = self._graphs[key] = self._capture(static_inputs)
@@ -261,21 +264,21 @@ class TorchModuleSession:
         self._graphs.clear()
         self._buffers.clear()
 
-    def _buffer(self, index: int, shape: tuple[int, ...]) -> "torch.Tensor":
-        """The static float32 buffer of input ``index`` for ``shape``: the leading rows of one
-        buffer per input and shape of a row, as many rows as the largest bucket that has
-        graphs (or ``shape``'s), shared by every graph (the decoder's features, 16 MiB a
-        row, are held once for all buckets and point counts; replays never overlap and each
-        copies its inputs in first)."""
+    def _buffer(self, index: int, shape: tuple[int, ...], dtype: "torch.dtype") -> "torch.Tensor":
+        """The static buffer of input ``index`` for ``shape`` and ``dtype``: the leading rows
+        of one buffer per input, shape of a row and dtype, as many rows as the largest bucket
+        that has graphs (or ``shape``'s), shared by every graph (the decoder's features, 8
+        MiB a row in float16, are held once for all buckets and point counts; replays never
+        overlap and each copies its inputs in first)."""
         import torch
 
         rows = shape[0]
-        key = (index, tuple(shape[1:]))
+        key = (index, tuple(shape[1:]), dtype)
         shared = self._buffers.get(key)
         if shared is None or shared.shape[0] < rows:
             graphed = [b for b in self.buckets if not self.graph_batches or b in self.graph_batches]
             largest = max([rows, *graphed])
-            shared = torch.empty((largest, *shape[1:]), dtype=torch.float32, device=self.device)
+            shared = torch.empty((largest, *shape[1:]), dtype=dtype, device=self.device)
             self._buffers[key] = shared  # graphs captured on a smaller one keep theirs
         return shared[:rows]
 
@@ -307,6 +310,18 @@ def difference(a: "torch.Tensor", b: "torch.Tensor") -> float:
     a, b = a.float(), b.float()
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))
     return float(torch.where(same, 0.0, (a - b).abs()).max()) if a.numel() else 0.0
+
+
+def _input_dtype(value: "torch.Tensor") -> "torch.dtype":
+    """The dtype a network gets ``value`` in: its own if floating, else float32."""
+    import torch
+
+    return value.dtype if value.is_floating_point() else torch.float32
+
+
+def _as_input(value: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
+    """``value`` on ``device`` in :func:`_input_dtype`."""
+    return value.to(device, _input_dtype(value))
 
 
 def _fill(buffers: Sequence["torch.Tensor"], values: Sequence["torch.Tensor"]) -> None:
@@ -377,8 +392,9 @@ class TorchNetworks:
         release_encoder_above: int | None = 1,
     ) -> tuple[TorchModuleSession, TorchModuleSession]:
         """The encoder and the decoder (:func:`~sam2_triton.export.image_encoder` and
-        :func:`~sam2_triton.export.prompt_decoder` of one model on ``device``), batches
-        padded to ``encode_buckets`` / ``decode_buckets``. With ``cuda_graphs`` on a CUDA
+        :func:`~sam2_triton.sessions.padded_points.masked_prompt_decoder`, which takes prompts
+        filled up with absent points, of one model on ``device``), batches padded to
+        ``encode_buckets`` / ``decode_buckets``. With ``cuda_graphs`` on a CUDA
         device: the encoder replays a graph for single images (a batch of images is launch
         overhead shared; its graph would keep the batch's working memory for good), the
         decoder for every bucket."""
@@ -397,7 +413,8 @@ class TorchNetworks:
 
             cast_autocast_weights(model, torch.float16)
         encoder_module = export.image_encoder(model)
-        decoder_module = export.prompt_decoder(model)
+        # Prompts of any point counts in one run (absent points attend nowhere).
+        decoder_module = masked_prompt_decoder(model)
         # Meta's own position encodings, computed in the run as the predictor does: the
         # precomputed constants and the patched repeat_interleave are tricks for the ONNX
         # tracer (a CUDA graph replays the computation anyway).
