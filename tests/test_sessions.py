@@ -361,8 +361,10 @@ def test_pytorch_decoder_pads_batches_and_keeps_each_rows_answer(tiny_checkpoint
     from sam2_triton.sessions.image import decoder_shapes
     from sam2_triton.sessions.torch_networks import TorchNetworks
 
-    _, decoder = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(
-        torch.device("cpu"), decode_buckets=(1, 2, 4)
+    decoder = (
+        TorchNetworks("tiny", tiny_checkpoint, "fp32")
+        .build(torch.device("cpu"), decode_buckets=(1, 2, 4))
+        .decoder
     )
     feed = decoder_feed(3, 2)
     _, outputs = decoder_shapes(2)
@@ -388,14 +390,14 @@ def test_absent_points_change_no_answer_and_need_their_mask(tiny_checkpoint):
     from sam2_triton.models import get_model_size
     from sam2_triton.sessions.padded_points import (
         ABSENT_LABEL,
-        masked_prompt_decoder,
         pad_points,
         point_bucket,
+        session_prompt_decoder,
     )
 
     assert [point_bucket(n) for n in (1, 2, 3, 4, 5, 66)] == [1, 2, 4, 4, 8, 128]
     model = export.load_sam2(get_model_size("tiny"), tiny_checkpoint)
-    meta, masked = export.prompt_decoder(model), masked_prompt_decoder(model)
+    meta, masked = export.prompt_decoder(model), session_prompt_decoder(model, absent_points=True)
     meta.precompute = masked.precompute = False  # as the PyTorch runtime runs them
     feed = decoder_feed(3, 1, seed=3)
     rng = np.random.default_rng(0)
@@ -429,12 +431,13 @@ def test_pytorch_engine_decodes_prompts_of_any_point_counts_in_one_run(
     pytorch_engine, photos, monkeypatch
 ):
     """The PyTorch runtime decodes a batch of three sessions' prompts of one point, three
-    points and a box (two corner points) in one decoder run; each answer equals that
-    prompt's answer alone (itself Meta's: test_engine_equals_predictor_over_a_session)."""
+    points and a box (two corner points) in one run of the mixed decoder (absent points);
+    each answer equals that prompt's answer alone (itself Meta's:
+    test_engine_equals_predictor_over_a_session). Prompts of one point count take one run
+    of the plain decoder (no mask to pay for)."""
     from sam2_triton.sessions.image import SessionRequest
 
     engine = pytorch_engine
-    assert engine.pads_points
     images = {11: photos["astronaut"], 12: photos["chelsea"], 13: photos["coffee"]}
     engine.execute(
         [SessionRequest(k, start=True, image_bytes=png_bytes(v)) for k, v in images.items()]
@@ -452,10 +455,15 @@ def test_pytorch_engine_decodes_prompts_of_any_point_counts_in_one_run(
 
     alone = [engine.execute([request(key, case)])[0] for key, case in cases]
     runs = []
-    run = engine.decoder.run
-    monkeypatch.setattr(engine.decoder, "run", lambda *a: runs.append(1) or run(*a))
+    for decoder in (engine.decoder, engine.mixed_decoder):
+        run = decoder.run
+        monkeypatch.setattr(
+            decoder, "run", lambda *a, run=run, name=decoder.name: runs.append(name) or run(*a)
+        )
     together = engine.execute([request(key, case) for key, case in cases])
-    assert len(runs) == 1
+    assert runs == ["mixed decoder"]
+    engine.execute([request(key, "one_point") for key in images])
+    assert runs == ["mixed decoder", "decoder"]
     for answer, lone in zip(together, alone):
         assert not isinstance(answer, Exception), answer
         assert np.array_equal(answer.masks, lone.masks)
@@ -471,7 +479,7 @@ def test_pytorch_decoder_takes_float16_features_and_converts_them_exactly(tiny_c
 
     from sam2_triton.sessions.torch_networks import TorchNetworks, _as_input
 
-    _, decoder = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu"))
+    decoder = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu")).decoder
     feed = decoder_feed(2, 3, seed=5)
     features = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
     half = {n: v.half() if n in features else v for n, v in feed.items()}
@@ -560,7 +568,7 @@ def test_a_failed_compilation_leaves_the_pytorch_network_eager(tiny_checkpoint, 
 
         return compiled
 
-    _, eager = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu"))
+    eager = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu")).decoder
 
     def compiled_by(fake_compile) -> TorchModuleSession:
         monkeypatch.setattr(torch, "compile", fake_compile)

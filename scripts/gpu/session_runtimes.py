@@ -6,7 +6,8 @@ instance would (warm-up included, timed), on ONNX Runtime (``--runtime onnxrunti
 repository's graphs, the encoder's fused one) or on the PyTorch modules
 (``--runtime pytorch``, ``--torch-compile MODE``), then times: the networks alone (encoder
 batch 1 and 8, decoder batch 1, 16 and 64 with two points), a session's start from a
-1920x1080 JPEG, one click (run lengths; full masks), a batch of 16 sessions' clicks, and
+1920x1080 JPEG, one click (run lengths; full masks), a batch of 16 sessions' clicks (of one
+and two points; of one to eight points), and
 the stages of a click (the benchmark's in-process cases,
 :class:`~sam2_triton.bench.sessions.InProcessSessions`, on this engine). Writes one JSON
 line to ``--out`` and the low-res logits of fixed clicks on a photo to ``--out``'s
@@ -47,6 +48,22 @@ def compare(a: str, b: str) -> None:
                 }
             )
         )
+
+
+def spread_clicks(hw: tuple[int, int], most: int = 8) -> list[dict[str, np.ndarray]]:
+    """Prompts of 1, 2, ... ``most`` points (foreground and background alternately) spread
+    over an image of ``hw``: users who have clicked that many times."""
+    h, w = hw
+    rng = np.random.default_rng(1)
+    return [
+        {
+            "point_coords": rng.uniform([0.1 * w, 0.1 * h], [0.9 * w, 0.9 * h], (n, 2)).astype(
+                np.float32
+            ),
+            "point_labels": (np.arange(n) % 2 == 0).astype(np.int32),
+        }
+        for n in range(1, most + 1)
+    ]
 
 
 def profile_table(call, device, calls: int) -> str:
@@ -198,6 +215,11 @@ def main() -> None:
     ms = timed(batch, args.iterations, 5)
     row["clicks_16_sessions_ms"] = ms
     row["clicks_16_sessions_masks_s"] = round(16 / ms * 1e3, 1)
+    # Users who have clicked 1 to 8 times: the sessions of a batch hold prompts of 8 counts.
+    batch = indexed(sessions.decode_batch(jpeg, spread_clicks((1080, 1920)), RLE_OUTPUTS, 16)(0))
+    ms = timed(batch, args.iterations, 5)
+    row["clicks_16_sessions_1_to_8_points_ms"] = ms
+    row["clicks_16_sessions_1_to_8_points_masks_s"] = round(16 / ms * 1e3, 1)
     make_click = sessions.decode(jpeg, prompts, RLE_OUTPUTS)
     row["click_stages_ms"] = sessions.stage_profile(make_click, 2 * args.iterations)
     make_batch = sessions.decode_batch(jpeg, prompts, RLE_OUTPUTS, 16)

@@ -63,13 +63,14 @@ from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_w
 if TYPE_CHECKING:
     import torch
 
-    from sam2_triton.sessions.torch_networks import TorchNetworks
+    from sam2_triton.sessions.torch_networks import TorchModuleSession, TorchNetworks
 
 log = logging.getLogger(__name__)
 
-#: Point counts the warm-up runs the PyTorch decoder with, at each batch bucket (prompts run
-#: padded to a power of two: one or two clicks, a box, up to eight points).
-WARM_POINT_COUNTS = (1, 2, 4, 8)
+#: Point counts the warm-up runs the PyTorch decoders with, at each batch bucket: prompts of
+#: one count (one or two clicks, a box, a box and a click) and batches mixing counts (filled
+#: up to a power of two: up to eight points).
+WARM_POINT_COUNTS = {"decoder": (1, 2, 3), "mixed decoder": (2, 4, 8)}
 
 #: Pixels upsampled in one run at most (float32: 1 GiB), for a batch's masks.
 UPSAMPLE_ELEMENTS = 1 << 28
@@ -328,13 +329,14 @@ class ImageSessionEngine:
         self.device = device
         self.limits = limits
         self.torch_networks = torch_networks
-        #: Whether prompts of different point counts share one decoder run, filled up with
-        #: absent points (:mod:`~sam2_triton.sessions.padded_points`): the PyTorch networks.
-        self.pads_points = torch_networks is not None
+        #: The decoder for a batch of prompts of several point counts, filled up with absent
+        #: points (:mod:`~sam2_triton.sessions.padded_points`): the PyTorch networks' (None:
+        #: one decoder run per point count).
+        self.mixed_decoder: "TorchModuleSession | None" = None
         cuda = device.type == "cuda"
         if torch_networks is not None:
             # A graph per padded shape: single images, and each bucket of clicks.
-            self.encoder, self.decoder = torch_networks.build(
+            self.encoder, self.decoder, self.mixed_decoder = torch_networks.build(
                 device,
                 cuda_graphs=cuda_graphs,
                 # No padding of images: the compiled encoder takes any batch of several.
@@ -461,22 +463,26 @@ class ImageSessionEngine:
             features = self.encoder.run({"image": zeros[:batch]}, shapes)
         # The decoder's graphs are per dtype of their inputs: the features as sessions keep them.
         dtypes = {n: v.dtype for n, v in features.items()}
-        for batch in getattr(self.decoder, "buckets", None) or [1]:
-            # The point counts prompts run padded to (one graph each): torch.compile gives
-            # two dims of equal size one symbol (batch 2 and 2 points compile for batch ==
-            # points only), so several rows with other point counts are compiled here too.
-            for points in WARM_POINT_COUNTS:
-                inputs, outputs = decoder_shapes(points)
-                feed = {
-                    n: torch.zeros((batch, *shape), device=self.device, dtype=dtypes.get(n))
-                    for n, shape in inputs.items()
-                }
-                self.decoder.run(feed, {n: (batch, *shape) for n, shape in outputs.items()})
+        for decoder in (self.decoder, self.mixed_decoder):
+            # Each point count its own graph: torch.compile gives two dims of equal size one
+            # symbol (batch 2 and 2 points compile for batch == points only), so several rows
+            # with other point counts are compiled here too. A mixed batch has two rows or more.
+            for batch in decoder.buckets or [1]:
+                if decoder is self.mixed_decoder and batch == 1:
+                    continue
+                for points in WARM_POINT_COUNTS[decoder.name]:
+                    inputs, outputs = decoder_shapes(points)
+                    feed = {
+                        n: torch.zeros((batch, *shape), device=self.device, dtype=dtypes.get(n))
+                        for n, shape in inputs.items()
+                    }
+                    decoder.run(feed, {n: (batch, *shape) for n, shape in outputs.items()})
 
     @property
     def compile_error(self) -> str | None:
         """Why a PyTorch network runs eager although ``torch.compile`` was asked for."""
-        errors = (getattr(n, "compile_error", None) for n in (self.encoder, self.decoder))
+        networks = (self.encoder, self.decoder, self.mixed_decoder)
+        errors = (getattr(n, "compile_error", None) for n in networks)
         return next((e for e in errors if e), None)
 
     def stage(self, name: str) -> AbstractContextManager:
@@ -516,9 +522,9 @@ class ImageSessionEngine:
             except (RequestError, UserError) as e:
                 answers[i] = RequestError(str(e))
                 continue
-            # One decoder run for every prompt where the decoder takes absent points (the
+            # One decoder run for all prompts where a decoder takes absent points (the
             # PyTorch networks); ONNX Runtime's graphs: one run per point count.
-            group = 0 if self.pads_points else decode.coords.shape[1]
+            group = 0 if self.mixed_decoder is not None else decode.coords.shape[1]
             decodes.setdefault(group, []).append(decode)
         for group in decodes.values():
             self._decode(group, answers)
@@ -664,8 +670,8 @@ class ImageSessionEngine:
         return _Decode(index, session, coords, labels, mask, request)
 
     def _decode(self, group: list[_Decode], answers: list) -> None:
-        """One decoder run for prompts of any sessions (of equal point count where the
-        decoder takes no absent points, see :attr:`pads_points`)."""
+        """One decoder run for prompts of any sessions (of one point count unless there is
+        a :attr:`mixed_decoder`)."""
         import torch
 
         k = len(group)
@@ -674,11 +680,13 @@ class ImageSessionEngine:
             for name in ENCODER_OUTPUTS:
                 parts = [d.session.features[name] for d in group]
                 feed[name] = parts[0] if k == 1 else torch.cat(parts)
-            if self.pads_points:  # to a bucket of point counts, with absent points
-                coords, labels = pad_points([d.coords for d in group], [d.labels for d in group])
-            else:  # one point count
+            decoder = self.decoder
+            if len({d.coords.shape[1] for d in group}) == 1:
                 coords = np.concatenate([d.coords for d in group])
                 labels = np.concatenate([d.labels for d in group])
+            else:  # filled up to a power of two with absent points
+                decoder = self.mixed_decoder
+                coords, labels = pad_points([d.coords for d in group], [d.labels for d in group])
             feed["point_coords"] = torch.from_numpy(coords)
             feed["point_labels"] = torch.from_numpy(labels)
             side = LOW_RES_MASK_SIZE
@@ -700,7 +708,7 @@ class ImageSessionEngine:
             shapes = {n: (k, *TENSOR_SHAPES[n]) for n in names}
         try:
             with self.stage("decoder"):
-                out = self.decoder.run(feed, shapes)
+                out = decoder.run(feed, shapes)
         except Exception as e:  # noqa: BLE001 - the whole group fails, the server goes on
             for d in group:
                 answers[d.index] = RequestError(f"decoder failed: {e}")

@@ -21,11 +21,11 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sam2_triton.model_config import SESSION_COMPILE_MODES, SESSION_WEIGHTS
 from sam2_triton.models import UserError
-from sam2_triton.sessions.padded_points import masked_prompt_decoder
+from sam2_triton.sessions.padded_points import session_prompt_decoder
 from sam2_triton.sessions.runtime import AfterLargeRuns, padded_rows
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class TorchModuleSession:
     ``float32_outputs``: False returns each output in the dtype the network made it in
     (under FP16 autocast often float16: the encoder's features, kept so by the sessions and
     the decoder's graph buffers at half the memory, and converted back exactly by the
-    decoder itself, :func:`~sam2_triton.sessions.padded_points.masked_prompt_decoder`).
+    decoder itself, :func:`~sam2_triton.sessions.padded_points.session_prompt_decoder`).
 
     ``name`` (``encoder``, ``decoder``) names it in the log and in :attr:`error`.
 
@@ -286,7 +286,7 @@ class TorchModuleSession:
         """A graph of the module on ``static_inputs`` (filled: the warm-up runs use them)."""
         import torch
 
-        side = torch.cuda.Stream(self.device)
+        side = warm_up_stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):  # compilation, autotuning, library plans: not in the capture
@@ -298,6 +298,23 @@ class TorchModuleSession:
         if self._pool is None:
             self._pool = cuda_graph.pool()
         return _Graph(cuda_graph, static_inputs, static_outputs)
+
+
+_WARM_UP_STREAMS: dict = {}
+
+
+def warm_up_stream(device: "torch.device") -> "torch.cuda.Stream":
+    """The one side stream of ``device`` that every graph's warm-up runs on, for the whole
+    process. cuBLAS keeps a workspace for each stream it ever ran on (32 MiB on a Hopper GPU,
+    allocated through torch's cache and never given back): a new stream per capture held 640
+    MiB of them in an instance with 20 decoder graphs (measured on an H200)."""
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _WARM_UP_STREAMS.get(index)
+    if stream is None:
+        stream = _WARM_UP_STREAMS[index] = torch.cuda.Stream(index)
+    return stream
 
 
 def difference(a: "torch.Tensor", b: "torch.Tensor") -> float:
@@ -355,6 +372,15 @@ class _Graph:
     checked: int = 0
 
 
+class SessionNetworks(NamedTuple):
+    """What :meth:`TorchNetworks.build` makes: the encoder, the decoder, and the decoder for
+    batches mixing point counts (prompts filled up with absent points; the same weights)."""
+
+    encoder: TorchModuleSession
+    decoder: TorchModuleSession
+    mixed_decoder: TorchModuleSession
+
+
 @dataclass(frozen=True)
 class TorchNetworks:
     """The session networks as PyTorch modules: SAM2.1 of ``model_size`` with the weights of
@@ -390,14 +416,13 @@ class TorchNetworks:
         encode_buckets: Sequence[int] = (),
         decode_buckets: Sequence[int] = (),
         release_encoder_above: int | None = 1,
-    ) -> tuple[TorchModuleSession, TorchModuleSession]:
-        """The encoder and the decoder (:func:`~sam2_triton.export.image_encoder` and
-        :func:`~sam2_triton.sessions.padded_points.masked_prompt_decoder`, which takes prompts
-        filled up with absent points, of one model on ``device``), batches padded to
-        ``encode_buckets`` / ``decode_buckets``. With ``cuda_graphs`` on a CUDA
-        device: the encoder replays a graph for single images (a batch of images is launch
-        overhead shared; its graph would keep the batch's working memory for good), the
-        decoder for every bucket."""
+    ) -> SessionNetworks:
+        """The encoder and the decoders (:func:`~sam2_triton.export.image_encoder` and
+        :func:`~sam2_triton.sessions.padded_points.session_prompt_decoder`, without and with
+        absent points, of one model on ``device``), batches padded to ``encode_buckets`` /
+        ``decode_buckets``. With ``cuda_graphs`` on a CUDA device: the encoder replays a
+        graph for single images (a batch of images is launch overhead shared; its graph
+        would keep the batch's working memory for good), the decoders for every bucket."""
         from sam2_triton import export
         from sam2_triton.models import get_model_size
 
@@ -413,12 +438,13 @@ class TorchNetworks:
 
             cast_autocast_weights(model, torch.float16)
         encoder_module = export.image_encoder(model)
-        # Prompts of any point counts in one run (absent points attend nowhere).
-        decoder_module = masked_prompt_decoder(model)
+        decoder_module = session_prompt_decoder(model)
+        # Prompts of several point counts in one run (absent points attend nowhere).
+        mixed_module = session_prompt_decoder(model, absent_points=True)
         # Meta's own position encodings, computed in the run as the predictor does: the
         # precomputed constants and the patched repeat_interleave are tricks for the ONNX
         # tracer (a CUDA graph replays the computation anyway).
-        encoder_module.precompute = decoder_module.precompute = False
+        encoder_module.precompute = decoder_module.precompute = mixed_module.precompute = False
         common = {
             "precision": self.precision,
             "compile_mode": self.compile_mode,
@@ -437,13 +463,16 @@ class TorchNetworks:
             name="encoder",
             **common,
         )
-        decoder = TorchModuleSession(
-            decoder_module,
-            export.DECODER_INPUTS,
-            export.DECODER_OUTPUTS,
-            device,
-            buckets=decode_buckets,
-            name="decoder",
-            **common,
-        )
-        return encoder, decoder
+        decoders = [
+            TorchModuleSession(
+                module,
+                export.DECODER_INPUTS,
+                export.DECODER_OUTPUTS,
+                device,
+                buckets=decode_buckets,
+                name=name,
+                **common,
+            )
+            for module, name in ((decoder_module, "decoder"), (mixed_module, "mixed decoder"))
+        ]
+        return SessionNetworks(encoder, *decoders)

@@ -129,7 +129,7 @@ class TritonPythonModel:
         self._executions = self._requests = 0
         if self._stage_log_every > 0:
             self.engine.clock = StageClock(device)
-        for role in ("encoder", "decoder"):
+        for role in ("encoder", "decoder", "mixed_decoder"):
             graphs_off = getattr(getattr(self.engine, role), "error", None)
             if graphs_off:
                 log.log_warn(f"{self.name}: {role} without CUDA graphs: {graphs_off}")
