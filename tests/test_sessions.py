@@ -479,7 +479,10 @@ def test_pytorch_decoder_takes_float16_features_and_converts_them_exactly(tiny_c
 
     from sam2_triton.sessions.torch_networks import TorchNetworks, _as_input
 
-    decoder = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu")).decoder
+    networks = TorchNetworks("tiny", tiny_checkpoint, "fp32").build(torch.device("cpu"))
+    decoder = networks.decoder
+    # The two decoders (one run at a time) keep their graphs' inputs in the same buffers.
+    assert networks.mixed_decoder._buffers is decoder._buffers
     feed = decoder_feed(2, 3, seed=5)
     features = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
     half = {n: v.half() if n in features else v for n, v in feed.items()}

@@ -82,7 +82,8 @@ class TorchModuleSession:
     shares it with another network's graphs, see :func:`graph_pool`), and only batches of
     ``graph_batches`` rows (None: any). Their input buffers are shared: one per input, shape
     of a row and dtype, with the rows of the largest bucket, each graph taking its leading
-    rows.
+    rows; ``buffers`` (a dict) shares them with another network of the same inputs whose
+    runs never overlap with these (the two session decoders).
     ``compile_mode``: ``torch.compile``'s mode, or ``none``; a compilation that fails runs
     the module eager from then on (:attr:`compile_error`).
 
@@ -119,6 +120,7 @@ class TorchModuleSession:
         max_graphs: int = 32,
         release_above: int | None = None,
         pool: object | None = None,
+        buffers: dict | None = None,
         float32_outputs: bool = True,
         name: str = "network",
     ) -> None:
@@ -148,7 +150,7 @@ class TorchModuleSession:
         self._after_large_runs = AfterLargeRuns(release_above if cuda else None)
         self.error: str | None = None
         self._graphs: dict[tuple, _Graph] = {}
-        self._buffers: dict[tuple, "torch.Tensor"] = {}
+        self._buffers: dict[tuple, "torch.Tensor"] = {} if buffers is None else buffers
         self._pool = pool
         self.float32_outputs = float32_outputs
         self.name = name
@@ -262,7 +264,7 @@ class TorchModuleSession:
         self.error = why
         log.warning("%s; the %s runs without CUDA graphs from now on", why, self.name)
         self._graphs.clear()
-        self._buffers.clear()
+        self._buffers = {}  # (a shared dict stays with the other network)
 
     def _buffer(self, index: int, shape: tuple[int, ...], dtype: "torch.dtype") -> "torch.Tensor":
         """The static buffer of input ``index`` for ``shape`` and ``dtype``: the leading rows
@@ -463,6 +465,7 @@ class TorchNetworks:
             name="encoder",
             **common,
         )
+        shared_buffers: dict = {}  # one run at a time: the decoders' inputs in the same buffers
         decoders = [
             TorchModuleSession(
                 module,
@@ -470,6 +473,7 @@ class TorchNetworks:
                 export.DECODER_OUTPUTS,
                 device,
                 buckets=decode_buckets,
+                buffers=shared_buffers,
                 name=name,
                 **common,
             )
