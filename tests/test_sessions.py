@@ -483,6 +483,9 @@ def test_pytorch_decoder_takes_float16_features_and_converts_them_exactly(tiny_c
     decoder = networks.decoder
     # The two decoders (one run at a time) keep their graphs' inputs in the same buffers.
     assert networks.mixed_decoder._buffers is decoder._buffers
+    # The video tracker's memory modules are not kept for images.
+    model = networks.encoder.module.model
+    assert model.memory_encoder is None and model.memory_attention is None
     feed = decoder_feed(2, 3, seed=5)
     features = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
     half = {n: v.half() if n in features else v for n, v in feed.items()}

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def torch_device(kind: str, device_id: int = 0) -> "torch.device":
-    """The torch device of a Triton model instance (``kind`` ``"GPU"`` or ``"CPU"``).
+    """The torch device of a Triton model instance (``kind`` ``"GPU"`` or ``"CPU"``); a GPU
+    becomes the process's current CUDA device (each instance has a process of its own).
 
     A GPU instance on a machine where torch sees no GPU is a configuration error, not
     something to silently run on the CPU: it would be slow and hold host memory instead.
@@ -42,6 +43,10 @@ def torch_device(kind: str, device_id: int = 0) -> "torch.device":
                 "this instance is KIND_GPU but torch sees no GPU (use the CPU config: "
                 "--model-config-name=cpu)"
             )
+        # The instance's GPU becomes its process's current device: whatever is made on
+        # "cuda" without an index (Meta's modules build position-encoding caches so) then
+        # lands there, not on GPU 0 with a CUDA context of its own.
+        torch.cuda.set_device(device_id)
         return torch.device("cuda", device_id)
     return torch.device("cpu")
 

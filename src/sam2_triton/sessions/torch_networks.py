@@ -433,7 +433,11 @@ class TorchNetworks:
                 f"{self.checkpoint} is missing (scripts/export_onnx.py copies the checkpoint "
                 "there for sam2_video)"
             )
-        model = export.load_sam2(get_model_size(self.model_size), self.checkpoint).to(device)
+        model = export.load_sam2(get_model_size(self.model_size), self.checkpoint)
+        # The video tracker's memory modules never run for an image: not moved to the device,
+        # and their own position-encoding cache (built on the GPU with the model) freed.
+        model.memory_attention = model.memory_encoder = None
+        model = model.to(device)
         cuda = device.type == "cuda"
         if cuda and self.precision == "fp16":
             import torch
