@@ -300,7 +300,9 @@ class ImageSessionEngine:
     (:class:`~sam2_triton.sessions.torch_networks.TorchNetworks`: the modules the ONNX
     graphs are traced from, on the checkpoint); ``encoder_path`` and ``decoder_path`` are
     then not read. On a CUDA device, single images and each bucket of clicks replay CUDA
-    graphs that torch captures (with ``cuda_graphs``).
+    graphs that torch captures (with ``cuda_graphs``); that device must be the process's
+    current one (:func:`~sam2_triton.sessions.runtime.torch_device` makes it so: measured on
+    a two-GPU H200 host, an engine on GPU 1 otherwise failed its first graph capture).
 
     On a CUDA device, :attr:`idle_release` gives a burst's cached memory back once the engine
     has been idle for ``limits.memory_release_idle_s`` (its thread is started by the caller:
