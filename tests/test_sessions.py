@@ -1194,6 +1194,82 @@ def test_the_server_loads_only_the_models_named(small_server):
     assert refused.returncode == 1 and "repository index: HTTP 403" in refused.stderr, refused
 
 
+@pytest.fixture(scope="module")
+def batching_server(tiny_checkpoint, tmp_path_factory):
+    """sam2_session alone on the PyTorch runtime (tiny, eager, one instance, at most three
+    sessions and three requests a batch) whose sequence batcher waits up to 0.3 s for a
+    fuller batch; its instance logs its stages at every execution."""
+    from sam2_triton import model_config as mc
+    from sam2_triton.server import EmbeddedTriton, free_port
+
+    params = dataclasses.replace(
+        mc.RepositoryParams.cpu_defaults("tiny"),
+        session=mc.SessionServing(
+            max_batch_size=3,
+            instance_count=1,
+            max_sessions=3,
+            torch_compile="none",
+            max_queue_delay_us=300_000,
+        ),
+    )
+    config = mc.session_config(params)
+    config.parameters["weights"].string_value = str(tiny_checkpoint)
+    repo = tmp_path_factory.mktemp("batching_repository")
+    write_text_atomic(repo / mc.SESSION / "config.pbtxt", mc.to_text(config))
+    (repo / mc.SESSION / "1").mkdir()
+    server = EmbeddedTriton(
+        repository=repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        exit_timeout_s=5,
+        models=[mc.SESSION],
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(*MMAP_THRESHOLD)
+        env.setenv("SAM2_TRITON_STAGE_LOG_EVERY", "1")
+        with serving(server, tmp_path_factory.mktemp("batching") / "tritonserver.log"):
+            env.undo()
+            yield server
+
+
+def test_served_clicks_of_different_point_counts_share_one_decoder_run(batching_server, photos):
+    """Three users click at once on their sessions, with one point, three points and a box,
+    round after round: Triton's sequence batcher puts clicks of different point counts into
+    one execution, which decodes them in one run of the mixed decoder (the stage log says
+    so; the batches are Triton's to form, so rounds go on until one was mixed, at most 10),
+    and every click gets the answer that prompt gets alone."""
+    images = {"astronaut": "one_point", "chelsea": "points_with_negative", "coffee": "box"}
+    outputs = ("masks", "low_res_masks")
+    prompts = {
+        name: PROMPT_CASES[case].pixels(photos[name].shape[:2]) for name, case in images.items()
+    }
+    clients = {name: Sam2Client(batching_server.http_url) for name in images}
+    sessions = {name: clients[name].session(png_bytes(photos[name])) for name in images}
+    alone = {name: sessions[name].predict(**prompts[name], outputs=outputs) for name in images}
+    log = batching_server.log_path
+    batched = re.compile(r"[2-9]\.\d\d requests per execution.* mixed decoder ")
+    mixed_runs = 0
+    with ThreadPoolExecutor(len(images)) as pool:
+        for _ in range(10):
+            logged = len(log.read_text().splitlines())
+            clicks = {
+                n: pool.submit(sessions[n].predict, **prompts[n], outputs=outputs) for n in images
+            }
+            for name, click in clicks.items():
+                answer = click.result()
+                assert np.array_equal(answer.masks, alone[name].masks)
+                assert np.allclose(answer.low_res_logits, alone[name].low_res_logits, atol=1e-4)
+            new_lines = log.read_text().splitlines()[logged:]
+            mixed_runs += sum(bool(batched.search(line)) for line in new_lines)
+            if mixed_runs:
+                break
+    assert mixed_runs, "no execution decoded clicks of several point counts together"
+    for name in images:
+        sessions[name].close()
+        clients[name].close()
+
+
 def test_pytorch_runtime_session_equals_predictor(small_server, reference, photos):
     """Served with the PyTorch runtime (gRPC), every step of a session equals Meta's."""
     image = photos["chelsea"]

@@ -709,7 +709,7 @@ class ImageSessionEngine:
             ]
             shapes = {n: (k, *TENSOR_SHAPES[n]) for n in names}
         try:
-            with self.stage("decoder"):
+            with self.stage("decoder" if decoder is self.decoder else "mixed decoder"):
                 out = decoder.run(feed, shapes)
         except Exception as e:  # noqa: BLE001 - the whole group fails, the server goes on
             for d in group:
