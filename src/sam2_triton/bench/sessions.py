@@ -235,16 +235,13 @@ def instance_engine(
     ``device``, or on the PyTorch ``networks`` (the repository is then not read): what the
     in-process measurements of ``scripts/gpu`` load. Not warmed up. A GPU becomes the
     process's current device, as an instance's does."""
-    import torch
-
     from sam2_triton.bench.profile import graph_paths
     from sam2_triton.model_config import SessionServing
     from sam2_triton.sessions.image import ImageSessionEngine, SessionLimits
-    from sam2_triton.sessions.runtime import bucket_sizes, torch_device
+    from sam2_triton.sessions.runtime import bucket_sizes, cuda_index, torch_device
 
     if device.type == "cuda":
-        index = torch.cuda.current_device() if device.index is None else device.index
-        device = torch_device("GPU", index)
+        device = torch_device("GPU", cuda_index(device))
     paths = graph_paths(repository, device) if repository is not None else {}
     return ImageSessionEngine(
         paths.get("encoder"),

@@ -57,6 +57,7 @@ from sam2_triton.sessions.runtime import (
     IdleRelease,
     StageClock,
     TorchOrtSession,
+    cuda_index,
 )
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
@@ -67,10 +68,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Point counts the warm-up runs the PyTorch decoders with, at each batch bucket: prompts of
-#: one count (one or two clicks, a box, a box and a click) and batches mixing counts (filled
-#: up to a power of two: up to eight points).
-WARM_POINT_COUNTS = {"decoder": (1, 2, 3), "mixed decoder": (2, 4, 8)}
+#: Point counts the warm-up runs the PyTorch decoder with, at each batch bucket: prompts of
+#: one count (one or two clicks, a box, a box and a click).
+WARM_POINT_COUNTS = (1, 2, 3)
+#: The same for the mixed decoder, at each bucket of two rows or more: batches mixing point
+#: counts, filled up to a power of two (up to eight points).
+WARM_MIXED_POINT_COUNTS = (2, 4, 8)
 
 #: Pixels upsampled in one run at most (float32: 1 GiB), for a batch's masks.
 UPSAMPLE_ELEMENTS = 1 << 28
@@ -465,14 +468,15 @@ class ImageSessionEngine:
             features = self.encoder.run({"image": zeros[:batch]}, shapes)
         # The decoder's graphs are per dtype of their inputs: the features as sessions keep them.
         dtypes = {n: v.dtype for n, v in features.items()}
-        for decoder in (self.decoder, self.mixed_decoder):
-            # Each point count its own graph: torch.compile gives two dims of equal size one
-            # symbol (batch 2 and 2 points compile for batch == points only), so several rows
-            # with other point counts are compiled here too. A mixed batch has two rows or more.
-            for batch in decoder.buckets or [1]:
-                if decoder is self.mixed_decoder and batch == 1:
-                    continue
-                for points in WARM_POINT_COUNTS[decoder.name]:
+        # Each point count its own graph: torch.compile gives two dims of equal size one symbol
+        # (batch 2 and 2 points compile for batch == points only), so several rows with other
+        # point counts are compiled here too. A mixed batch has two rows or more.
+        for decoder, point_counts, fewest_rows in (
+            (self.decoder, WARM_POINT_COUNTS, 1),
+            (self.mixed_decoder, WARM_MIXED_POINT_COUNTS, 2),
+        ):
+            for batch in [b for b in decoder.buckets or [1] if b >= fewest_rows]:
+                for points in point_counts:
                     inputs, outputs = decoder_shapes(points)
                     feed = {
                         n: torch.zeros((batch, *shape), device=self.device, dtype=dtypes.get(n))
@@ -634,10 +638,7 @@ class ImageSessionEngine:
 
         if self._session_pool is None:
             return nullcontext()
-        index = self.device.index  # None for "cuda": the current device
-        return torch.cuda.use_mem_pool(
-            self._session_pool, torch.cuda.current_device() if index is None else index
-        )
+        return torch.cuda.use_mem_pool(self._session_pool, cuda_index(self.device))
 
     # --- decoding ----------------------------------------------------------------------------
 

@@ -41,16 +41,14 @@ def point_bucket(count: int) -> int:
 
 
 def pad_points(
-    coords: Sequence[np.ndarray], labels: Sequence[np.ndarray], points: int | None = None
+    coords: Sequence[np.ndarray], labels: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """One batch of prompts: ``coords`` ``[1, N_i, 2]`` and ``labels`` ``[1, N_i]`` of each
     prompt (the decoder's frame) → ``[k, P, 2]`` and ``[k, P]`` float32, each prompt filled
-    up with absent points (coordinates 0, :data:`ABSENT_LABEL`) to ``P`` points
-    (``points``, or :func:`point_bucket` of the largest ``N_i``)."""
+    up with absent points (coordinates 0, :data:`ABSENT_LABEL`) to ``P`` points,
+    :func:`point_bucket` of the largest ``N_i``."""
     counts = [c.shape[1] for c in coords]
-    size = point_bucket(max(counts)) if points is None else points
-    if size < max(counts):
-        raise ValueError(f"{max(counts)} points do not fit in {size}")
+    size = point_bucket(max(counts))
     out_coords = np.zeros((len(coords), size, 2), np.float32)
     out_labels = np.full((len(coords), size), ABSENT_LABEL, np.float32)
     for row, (c, lab, n) in enumerate(zip(coords, labels, counts)):
@@ -101,8 +99,7 @@ def _attention(attention, q, k, v, key_mask):
     q = attention._separate_heads(attention.q_proj(q), heads)
     k = attention._separate_heads(attention.k_proj(k), heads)
     v = attention._separate_heads(attention.v_proj(v), heads)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
     return attention.out_proj(attention._recombine_heads(out))
 
 

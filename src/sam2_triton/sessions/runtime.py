@@ -51,6 +51,13 @@ def torch_device(kind: str, device_id: int = 0) -> "torch.device":
     return torch.device("cpu")
 
 
+def cuda_index(device: "torch.device") -> int:
+    """The index of CUDA ``device`` (a bare ``"cuda"`` is the current device)."""
+    import torch
+
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
 def providers_for(
     device: "torch.device", provider_options: Mapping[str, str] | None = None
 ) -> list:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from sam2_triton.model_config import SESSION_COMPILE_MODES, SESSION_WEIGHTS
 from sam2_triton.models import UserError
 from sam2_triton.sessions.padded_points import session_prompt_decoder
-from sam2_triton.sessions.runtime import AfterLargeRuns, padded_rows
+from sam2_triton.sessions.runtime import AfterLargeRuns, cuda_index, padded_rows
 
 if TYPE_CHECKING:
     import torch
@@ -312,7 +312,7 @@ def warm_up_stream(device: "torch.device") -> "torch.cuda.Stream":
     MiB of them in an instance with 20 decoder graphs (measured on an H200)."""
     import torch
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = cuda_index(device)
     stream = _WARM_UP_STREAMS.get(index)
     if stream is None:
         stream = _WARM_UP_STREAMS[index] = torch.cuda.Stream(index)
