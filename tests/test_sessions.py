@@ -12,6 +12,7 @@ timeout) shows the bounds: eviction, expiry, and memory that does not grow with 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -1075,26 +1076,21 @@ def test_bad_prompts_get_400_and_harm_nobody(triton_server, photos, bystander):
 MMAP_THRESHOLD = ("MALLOC_MMAP_THRESHOLD_", "131072")
 
 
-@pytest.fixture(scope="module")
-def small_server(tiny_repository, tiny_checkpoint, tmp_path_factory):
-    """sam2_session alone (one instance, at most 2 sessions) whose networks run in PyTorch
-    (``runtime`` pytorch) on ``tiny_checkpoint`` (an absolute ``weights`` path), loaded by
-    name (``models``: Triton's explicit model control) from a repository that also has a
-    ``sam2_video`` whose weights were never written. The ``triton_server`` serves the ONNX
-    Runtime one."""
+@contextlib.contextmanager
+def pytorch_session_server(checkpoint: Path, tmp_path_factory, name: str, session, stage_log_every):
+    """A server of sam2_session alone whose networks run in PyTorch (``runtime`` pytorch) on
+    ``checkpoint`` (an absolute ``weights`` path), scheduled as ``session`` (a
+    ``SessionServing``) says, loaded by name (``models``: Triton's explicit model control)
+    from a repository that also has a ``sam2_video`` whose weights were never written; its
+    instance logs where its time goes every ``stage_log_every`` executions (the diagnostic
+    SETUP.md describes)."""
     from sam2_triton import model_config as mc
     from sam2_triton.server import EmbeddedTriton, free_port
 
-    params = mc.RepositoryParams.cpu_defaults("tiny")
-    params = dataclasses.replace(
-        params,
-        session=mc.SessionServing(
-            max_batch_size=2, instance_count=1, max_sessions=2, torch_compile="none"
-        ),
-    )
+    params = dataclasses.replace(mc.RepositoryParams.cpu_defaults("tiny"), session=session)
     config = mc.session_config(params)
-    config.parameters["weights"].string_value = str(tiny_checkpoint)
-    repo = tmp_path_factory.mktemp("small_repository")
+    config.parameters["weights"].string_value = str(checkpoint)
+    repo = tmp_path_factory.mktemp(f"{name}_repository")
     write_text_atomic(repo / mc.SESSION / "config.pbtxt", mc.to_text(config))
     (repo / mc.SESSION / "1").mkdir()
     # Not loaded, so its missing weights must stop neither the start nor the readiness.
@@ -1107,14 +1103,26 @@ def small_server(tiny_repository, tiny_checkpoint, tmp_path_factory):
         exit_timeout_s=5,
         models=[mc.SESSION],
     )
-    # The instance logs where its time goes every 2 executions (the diagnostic SETUP.md
-    # describes).
     with pytest.MonkeyPatch.context() as env:
         env.setenv(*MMAP_THRESHOLD)
-        env.setenv("SAM2_TRITON_STAGE_LOG_EVERY", "2")
-        with serving(server, tmp_path_factory.mktemp("small") / "tritonserver.log"):
+        env.setenv("SAM2_TRITON_STAGE_LOG_EVERY", str(stage_log_every))
+        with serving(server, tmp_path_factory.mktemp(name) / "tritonserver.log"):
             env.undo()
             yield server
+
+
+@pytest.fixture(scope="module")
+def small_server(tiny_checkpoint, tmp_path_factory):
+    """sam2_session alone (one instance, at most 2 sessions) on the PyTorch runtime
+    (:func:`pytorch_session_server`), its stages logged every 2 executions. The
+    ``triton_server`` serves the ONNX Runtime one."""
+    from sam2_triton.model_config import SessionServing
+
+    session = SessionServing(
+        max_batch_size=2, instance_count=1, max_sessions=2, torch_compile="none"
+    )
+    with pytorch_session_server(tiny_checkpoint, tmp_path_factory, "small", session, 2) as server:
+        yield server
 
 
 def stub_rss_mib(server) -> float:
@@ -1196,41 +1204,22 @@ def test_the_server_loads_only_the_models_named(small_server):
 
 @pytest.fixture(scope="module")
 def batching_server(tiny_checkpoint, tmp_path_factory):
-    """sam2_session alone on the PyTorch runtime (tiny, eager, one instance, at most three
-    sessions and three requests a batch) whose sequence batcher waits up to 0.3 s for a
-    fuller batch; its instance logs its stages at every execution."""
-    from sam2_triton import model_config as mc
-    from sam2_triton.server import EmbeddedTriton, free_port
+    """sam2_session alone on the PyTorch runtime (:func:`pytorch_session_server`; one
+    instance, at most three sessions and three requests a batch) whose sequence batcher
+    waits up to 0.3 s for a fuller batch; its stages logged at every execution."""
+    from sam2_triton.model_config import SessionServing
 
-    params = dataclasses.replace(
-        mc.RepositoryParams.cpu_defaults("tiny"),
-        session=mc.SessionServing(
-            max_batch_size=3,
-            instance_count=1,
-            max_sessions=3,
-            torch_compile="none",
-            max_queue_delay_us=300_000,
-        ),
+    session = SessionServing(
+        max_batch_size=3,
+        instance_count=1,
+        max_sessions=3,
+        torch_compile="none",
+        max_queue_delay_us=300_000,
     )
-    config = mc.session_config(params)
-    config.parameters["weights"].string_value = str(tiny_checkpoint)
-    repo = tmp_path_factory.mktemp("batching_repository")
-    write_text_atomic(repo / mc.SESSION / "config.pbtxt", mc.to_text(config))
-    (repo / mc.SESSION / "1").mkdir()
-    server = EmbeddedTriton(
-        repository=repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        exit_timeout_s=5,
-        models=[mc.SESSION],
-    )
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(*MMAP_THRESHOLD)
-        env.setenv("SAM2_TRITON_STAGE_LOG_EVERY", "1")
-        with serving(server, tmp_path_factory.mktemp("batching") / "tritonserver.log"):
-            env.undo()
-            yield server
+    with pytorch_session_server(
+        tiny_checkpoint, tmp_path_factory, "batching", session, 1
+    ) as server:
+        yield server
 
 
 def test_served_clicks_of_different_point_counts_share_one_decoder_run(batching_server, photos):
