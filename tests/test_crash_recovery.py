@@ -516,3 +516,32 @@ def test_a_stateful_models_probe_is_one_whole_sequence():
         sessions.append(parameters["sequence_id"])
     assert sessions[0] != sessions[1]
     assert "parameters" not in json.loads(probe.body()[0][: probe.body()[1]])
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch):
+    """The kernel may answer two binds to port 0 with the same free port (nothing listens on
+    it in between): free_port then asks again, so a server never gets one port for two
+    endpoints. (The kernel's repeat cannot be forced, so its answers are played here.)"""
+    from sam2_triton import server as server_module
+
+    answers = iter([40001, 40001, 40002])
+
+    class Bound:
+        def __init__(self, *_args):
+            self.port = next(answers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_exc):
+            return False
+
+        def bind(self, _address):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(server_module, "_PORTS_GIVEN", set())
+    monkeypatch.setattr(server_module.socket, "socket", Bound)
+    assert [server_module.free_port(), server_module.free_port()] == [40001, 40002]

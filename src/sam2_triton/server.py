@@ -85,11 +85,20 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nothing listens on now (for tests and benchmarks), never one this process
+    was given before: the kernel may hand the same free port out twice before anything binds
+    it (a server then got one port for HTTP and metrics and refused to start)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 #: The header (gRPC metadata key) that Triton's repository API asks for where
