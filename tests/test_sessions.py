@@ -484,9 +484,15 @@ def test_pytorch_decoder_takes_float16_features_and_converts_them_exactly(tiny_c
     decoder = networks.decoder
     # The two decoders (one run at a time) keep their graphs' inputs in the same buffers.
     assert networks.mixed_decoder._buffers is decoder._buffers
-    # The video tracker's memory modules are not kept for images.
+    # The video tracker's memory modules are not kept for images, nor the neck's position
+    # encodings (Meta's module caches them for 1024x1024 inputs), nor the precomputed
+    # constants of the ONNX export that the PyTorch runs compute themselves.
     model = networks.encoder.module.model
     assert model.memory_encoder is None and model.memory_attention is None
+    assert not hasattr(model.image_encoder.neck.position_encoding, "cache")
+    level = torch.zeros(2, 5, 8, 6)
+    assert model.image_encoder.neck.position_encoding(level).shape == (2, 256, 8, 6)
+    assert networks.encoder.module.pos_embed is None and decoder.module.dense_pe is None
     feed = decoder_feed(2, 3, seed=5)
     features = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
     half = {n: v.half() if n in features else v for n, v in feed.items()}

@@ -374,6 +374,23 @@ class _Graph:
     checked: int = 0
 
 
+def shape_only_position_encoding(channels: int) -> "torch.nn.Module":
+    """A stand-in for the FPN neck's ``PositionEmbeddingSine`` where nothing reads the
+    encodings: ``x`` [B, C, H, W] → zeros [B, ``channels``, H, W], a broadcast view of one
+    element. The image predictor drops the neck's encodings (only the video tracker's memory
+    attention reads them) but takes the feature maps' sizes from their shapes. Meta's module
+    keeps the encodings of a 1024x1024 input's four levels cached on the GPU from the moment
+    the model is built: 85 MiB in float32."""
+    from torch import nn
+
+    class ShapeOnlyPositionEncoding(nn.Module):
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            batch, _, height, width = x.shape
+            return x.new_zeros(()).expand(batch, channels, height, width)
+
+    return ShapeOnlyPositionEncoding()
+
+
 class SessionNetworks(NamedTuple):
     """What :meth:`TorchNetworks.build` makes: the encoder, the decoder, and the decoder for
     batches mixing point counts (prompts filled up with absent points; the same weights)."""
@@ -437,6 +454,9 @@ class TorchNetworks:
         # The video tracker's memory modules never run for an image: not moved to the device,
         # and their own position-encoding cache (built on the GPU with the model) freed.
         model.memory_attention = model.memory_encoder = None
+        # Nor does the FPN neck's position encoding, which feeds only the memory attention.
+        neck = model.image_encoder.neck
+        neck.position_encoding = shape_only_position_encoding(neck.d_model)
         model = model.to(device)
         cuda = device.type == "cuda"
         if cuda and self.precision == "fp16":
@@ -449,8 +469,9 @@ class TorchNetworks:
         mixed_module = session_prompt_decoder(model, absent_points=True)
         # Meta's own position encodings, computed in the run as the predictor does: the
         # precomputed constants and the patched repeat_interleave are tricks for the ONNX
-        # tracer (a CUDA graph replays the computation anyway).
+        # tracer (a CUDA graph replays the computation anyway), so they are not kept.
         encoder_module.precompute = decoder_module.precompute = mixed_module.precompute = False
+        encoder_module.pos_embed = decoder_module.dense_pe = mixed_module.dense_pe = None
         common = {
             "precision": self.precision,
             "compile_mode": self.compile_mode,
