@@ -368,14 +368,17 @@ def test_startup_unknown_model_to_load(tiny_repository):
 
 
 def test_the_cuda_memory_pool_is_kept_for_the_models_that_use_it():
-    """2 GiB for the GPU configs unless every model loaded answers from host memory (its
-    GPU memory would be allocated and never used); Triton's own default on a CPU."""
+    """2 GiB for the GPU configs unless every model loaded answers from host memory (then
+    none: its GPU memory would be allocated and never used); Triton's own default on a CPU."""
     from sam2_triton.cli.serve_local import default_cuda_memory_pool_mb
     from sam2_triton.server import EmbeddedTriton
 
     assert default_cuda_memory_pool_mb(None, None) == 2048
-    assert default_cuda_memory_pool_mb(None, ["sam2_session"]) is None
-    assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2_video"]) is None
+    assert default_cuda_memory_pool_mb(None, ["sam2_session"]) == 0
+    assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2_video"]) == 0
+    none = EmbeddedTriton(Path("r"), cuda_memory_pool_mb=0, pinned_memory_pool_mb=0)
+    pools = [a for a in none.command(Path("b")) if "memory-pool" in a]
+    assert pools == ["--cuda-memory-pool-byte-size=0:0", "--pinned-memory-pool-byte-size=0"]
     assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2"]) == 2048
     assert default_cuda_memory_pool_mb("cpu", None) is None
     server = EmbeddedTriton(Path("r"), models=["sam2_session"])

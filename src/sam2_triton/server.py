@@ -170,6 +170,9 @@ class EmbeddedTriton:
     #: python backend; Triton's default of 64 MiB is less than one batch of encoder outputs.
     #: None: Triton's default (right for the CPU configs).
     cuda_memory_pool_mb: int | None = None
+    #: Pinned host memory pool (MiB) for Triton's copies between host and GPU. None: Triton's
+    #: default (256 MiB).
+    pinned_memory_pool_mb: int | None = None
     #: Load only these models (Triton's explicit model control; an ensemble brings the models
     #: it calls). None: every model of the repository. Explicit control opens Triton's
     #: repository API (load, unload: a load may carry model files, so code), so it is then
@@ -248,8 +251,10 @@ class EmbeddedTriton:
             cmd += [f"--grpc-restricted-protocol={restriction}"]
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
-        if self.cuda_memory_pool_mb:
+        if self.cuda_memory_pool_mb is not None:
             cmd.append(f"--cuda-memory-pool-byte-size=0:{self.cuda_memory_pool_mb << 20}")
+        if self.pinned_memory_pool_mb is not None:
+            cmd.append(f"--pinned-memory-pool-byte-size={self.pinned_memory_pool_mb << 20}")
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:

@@ -17,15 +17,15 @@ def default_cuda_memory_pool_mb(
 ) -> int | None:
     """2048 MiB for the GPU configs: a batch of the stateless encoder's outputs crosses
     from the python backend to Triton on the GPU, and Triton's default pool (64 MiB) is less
-    than one; None (Triton's default) for the CPU configs and for a server of models that
-    answer from host memory alone (:data:`~sam2_triton.model_config.HOST_ANSWER_MODELS`):
-    the pool is allocated whole at start, 2 GiB of GPU memory such a server never uses."""
+    than one; 0 for a server of models that answer from host memory alone
+    (:data:`~sam2_triton.model_config.HOST_ANSWER_MODELS`): the pool is allocated whole at
+    start, GPU memory such a server never uses; None (Triton's default) for the CPU configs."""
     from sam2_triton.model_config import HOST_ANSWER_MODELS
 
     if config_name == "cpu":
         return None
     if models and all(m in HOST_ANSWER_MODELS for m in models):
-        return None
+        return 0
     return 2048
 
 
@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CUDA memory pool on GPU 0 for GPU tensors between Triton and the backend "
         "(default: 2048 with the GPU configs, Triton's own default with --config-name cpu "
         "or where only sam2_session and sam2_video are loaded: they answer from host memory)",
+    )
+    p.add_argument(
+        "--pinned-memory-pool-mb",
+        type=int,
+        default=None,
+        help="Triton's pinned host memory pool for copies between host and GPU (default: "
+        "Triton's own, 256)",
     )
     p.add_argument(
         "--exit-timeout", type=int, default=10, help="seconds to drain requests when stopped"
@@ -155,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.cuda_memory_pool_mb is not None
             else default_cuda_memory_pool_mb(args.config_name, args.models)
         ),
+        pinned_memory_pool_mb=args.pinned_memory_pool_mb,
         models=args.models,
     )
     supervisor = Supervisor(server, policy, args.ready_timeout, args.probe_interval)
