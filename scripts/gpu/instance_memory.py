@@ -30,32 +30,56 @@ def where(frames: list[dict]) -> str:
     return "unknown"
 
 
+def segment_origins(snapshot: dict) -> dict[int, str]:
+    """The allocating call of each segment (its address → :func:`where`), from the
+    allocation history's segment allocations (a later one at an address wins)."""
+    origins = {}
+    for trace in snapshot.get("device_traces", []):
+        for event in trace:
+            if event["action"] == "segment_alloc":
+                origins[event["addr"]] = where(event.get("frames", []))
+    return origins
+
+
 def breakdown(engine, top: int) -> dict:
     import torch
 
-    from sam2_triton.bench.profile import device_used_gib
+    from sam2_triton.bench.profile import cuda_stack_limit, device_used_gib
 
     torch.cuda.synchronize()
     sessions_pool = getattr(engine._session_pool, "id", None)
     groups: Counter = Counter()
+    reserved_by_call: Counter = Counter()
     pools: Counter = Counter()
-    for segment in torch.cuda.memory._snapshot()["segments"]:
+    snapshot = torch.cuda.memory._snapshot()
+    origins = segment_origins(snapshot)
+    for segment in snapshot["segments"]:
         pool_id = tuple(segment.get("segment_pool_id", (0, 0)))
         pool = "cache" if pool_id == (0, 0) else "graphs"
         if sessions_pool is not None and pool_id == tuple(sessions_pool):
             pool = "sessions"
         pools[f"{pool} reserved"] += segment["total_size"]
+        origin = origins.get(segment["address"], "unknown")
+        reserved_by_call[f"{pool}: {origin}"] += segment["total_size"]
         for block in segment["blocks"]:
             if block["state"] == "active_allocated":
                 pools[f"{pool} in use"] += block["size"]
                 groups[f"{pool}: {where(block.get('frames', []))}"] += block["size"]
     mib = 2**20
+    process_gib = device_used_gib()
+    reserved = torch.cuda.memory_reserved()
     return {
-        "process_gib": device_used_gib(),
-        "reserved_mib": round(torch.cuda.memory_reserved() / mib),
+        "process_gib": process_gib,
+        "reserved_mib": round(reserved / mib),
         "in_use_mib": round(torch.cuda.memory_allocated() / mib),
+        # The CUDA context, loaded kernels, the stack's local memory: not torch's.
+        "not_torch_mib": round(process_gib * 1024 - reserved / mib),
+        "stack_limit_bytes": cuda_stack_limit(),
         "pools_mib": {k: round(v / mib) for k, v in sorted(pools.items())},
         "by_call_mib": {k: round(v / mib, 1) for k, v in groups.most_common(top)},
+        "reserved_by_segment_call_mib": {
+            k: round(v / mib, 1) for k, v in reserved_by_call.most_common(top)
+        },
     }
 
 
@@ -66,6 +90,12 @@ def main() -> None:
     p.add_argument("--torch-compile", default="default")
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--shrink-stack",
+        action="store_true",
+        help="after loading, set the CUDA context's stack limit back to 1 KiB per thread "
+        "and measure again (a kernel that needs more raises it again)",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
@@ -77,10 +107,22 @@ def main() -> None:
     from sam2_triton.sessions.image import SessionRequest
     from sam2_triton.sessions.torch_networks import TorchNetworks
 
-    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    torch.cuda.memory._record_memory_history(max_entries=2_000_000)
     networks = TorchNetworks(args.model, args.checkpoint, "fp16", args.torch_compile)
     engine = instance_engine(torch.device("cuda"), networks=networks)
-    row = {"warm_s": round(engine.warm(), 1), "loaded": breakdown(engine, args.top)}
+    row = {"warm_s": round(engine.warm(), 1)}
+
+    def measure(stage: str) -> None:
+        row[stage] = breakdown(engine, args.top)
+        headline = ("process_gib", "reserved_mib", "not_torch_mib", "stack_limit_bytes")
+        print(stage, {k: row[stage][k] for k in headline}, row[stage]["pools_mib"], flush=True)
+
+    measure("loaded")
+    if args.shrink_stack:
+        from sam2_triton.bench.profile import cuda_stack_limit
+
+        cuda_stack_limit(1024)
+        measure("stack_shrunk")
     jpeg, prompts = photo_jpeg(), clicks((1080, 1920))
     keys = list(range(args.sessions))
     for first in range(0, len(keys), 8):
@@ -97,14 +139,13 @@ def main() -> None:
         ]
         for first in range(0, len(requests), 16):
             engine.execute(requests[first : first + 16])
-    row["after_sessions"] = breakdown(engine, args.top)
+    measure("after_sessions")
     time.sleep(engine.limits.memory_release_idle_s + 1)
     engine.idle_release.poll()
-    row["after_idle_release"] = breakdown(engine, args.top)
+    measure("after_idle_release")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":

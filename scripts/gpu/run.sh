@@ -113,6 +113,7 @@ served)
     done
     grep -E "model.py|sam2_session" "$log" | grep -v "^|" | head -12
     echo "loaded: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$NAME.txt"
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
     timeout "${BENCH_TIMEOUT:-420}" python3 scripts/benchmark.py --model "$size" --device cuda \
         --repository "$repo" --backends triton --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 \
         --label "$size fp16 served" --out "$OUT/served_$NAME" --no-progress "$@" 2>&1 |

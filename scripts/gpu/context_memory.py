@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""What a bare CUDA process costs on the device before any model: the process's device
+memory (``nvidia-smi``'s count for this process), torch's reserve and the context's stack
+limit after each first use of a library a ``sam2_session`` instance runs (the context, a
+cuBLAS FP16 matrix product, cuDNN convolutions, fused attention). One JSON line.
+
+    python scripts/gpu/context_memory.py --out OUT/context_memory.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+
+
+def process_mib() -> int:
+    """This process's device memory as ``nvidia-smi`` counts it, MiB."""
+    out = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        pid, used = (x.strip() for x in line.split(","))
+        if int(pid) == os.getpid():
+            return int(used)
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    from sam2_triton.bench.profile import cuda_stack_limit
+
+    cuda = torch.device("cuda")
+    half = {"device": cuda, "dtype": torch.float16}
+    steps = {
+        "context": lambda: torch.zeros(1, device=cuda),
+        "cublas_fp16_matmul": lambda: torch.randn(4096, 4096, **half)
+        @ torch.randn(4096, 4096, **half),
+        "cudnn_conv_7x7_stride_4": lambda: F.conv2d(
+            torch.randn(1, 3, 1024, 1024, **half), torch.randn(112, 3, 7, 7, **half), stride=4
+        ),
+        "cudnn_conv_transpose_2x2": lambda: F.conv_transpose2d(
+            torch.randn(16, 256, 64, 64, **half), torch.randn(256, 64, 2, 2, **half), stride=2
+        ),
+        "flash_attention": lambda: F.scaled_dot_product_attention(
+            *(torch.randn(1, 8, 4096, 64, **half) for _ in range(3))
+        ),
+        "masked_attention": lambda: F.scaled_dot_product_attention(
+            *(torch.randn(16, 8, 16, 32, **half) for _ in range(3)),
+            attn_mask=torch.ones(16, 1, 16, 16, device=cuda, dtype=torch.bool),
+        ),
+    }
+    row = {}
+    for name, step in steps.items():
+        step()
+        torch.cuda.synchronize()
+        row[name] = {
+            "process_mib": process_mib(),
+            "torch_reserved_mib": round(torch.cuda.memory_reserved() / 2**20),
+            "stack_limit_bytes": cuda_stack_limit(),
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
