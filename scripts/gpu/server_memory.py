@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What the ``tritonserver`` process itself holds on the GPU under each set of server flags:
-a repository of one python model with a GPU instance that does nothing, started once per
+a repository of one python model with an instance that does nothing (on the GPU, and once on
+the CPU: the python backend sets a GPU instance's device in the server), started once per
 flag set; the device memory of the server and of the stub (``nvidia-smi``), one JSON line per
 start.
 
@@ -20,7 +21,7 @@ backend: "python"
 max_batch_size: 0
 input [{ name: "x", data_type: TYPE_FP32, dims: [1] }]
 output [{ name: "y", data_type: TYPE_FP32, dims: [1] }]
-instance_group [{ kind: KIND_GPU, count: 1 }]
+instance_group [{ kind: %s, count: 1 }]
 """
 
 MODEL = """
@@ -36,11 +37,12 @@ class TritonPythonModel:
         return answers
 """
 
-#: name → (cuda_memory_pool_mb, pinned_memory_pool_mb)
+#: name → (cuda_memory_pool_mb, pinned_memory_pool_mb, instance kind)
 FLAG_SETS = {
-    "defaults": (None, None),
-    "cuda_pool_0": (0, None),
-    "cuda_pool_0_pinned_0": (0, 0),
+    "defaults": (None, None, "KIND_GPU"),
+    "cuda_pool_0": (0, None, "KIND_GPU"),
+    "cuda_pool_0_pinned_0": (0, 0, "KIND_GPU"),
+    "cuda_pool_0_pinned_0_kind_cpu": (0, 0, "KIND_CPU"),
 }
 
 
@@ -64,9 +66,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "nothing"
         (model / "1").mkdir(parents=True)
-        (model / "config.pbtxt").write_text(CONFIG)
         (model / "1" / "model.py").write_text(MODEL)
-        for name, (cuda_mb, pinned_mb) in FLAG_SETS.items():
+        for name, (cuda_mb, pinned_mb, kind) in FLAG_SETS.items():
+            (model / "config.pbtxt").write_text(CONFIG % kind)
             ports = {k: free_port() for k in ("http_port", "grpc_port", "metrics_port")}
             server = EmbeddedTriton(
                 Path(tmp),

@@ -53,6 +53,29 @@ def device_used_gib() -> float:
     return round((total - free) / 2**30, 2)
 
 
+def cuda_stack_limit(set_bytes: int | None = None) -> int:
+    """The per-thread stack size (bytes) that the current CUDA context reserves local memory
+    for, on every thread the GPU can hold at once (the driver's ``CU_LIMIT_STACK_SIZE``: 1
+    KiB is about 260 MiB on a 132-SM Hopper GPU); the driver raises it for good when a kernel
+    needs more. ``set_bytes``: set it first (the reservation follows)."""
+    import ctypes
+
+    import torch
+
+    torch.cuda.init()
+    driver = ctypes.CDLL("libcuda.so.1")
+    stack_size = 0  # CU_LIMIT_STACK_SIZE
+    if set_bytes is not None:
+        status = driver.cuCtxSetLimit(stack_size, ctypes.c_size_t(set_bytes))
+        if status:
+            raise RuntimeError(f"cuCtxSetLimit failed with CUresult {status}")
+    value = ctypes.c_size_t()
+    status = driver.cuCtxGetLimit(ctypes.byref(value), stack_size)
+    if status:
+        raise RuntimeError(f"cuCtxGetLimit failed with CUresult {status}")
+    return value.value
+
+
 def torch_memory_mib(device) -> dict:
     """What torch's caching allocator holds on ``device``, MiB: ``allocated`` (live tensors),
     ``reserved`` (with the cached free blocks), and ``pools``: reserved per memory pool (key
