@@ -12,23 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 from pathlib import Path
-
-
-def process_mib() -> int:
-    """This process's device memory as ``nvidia-smi`` counts it, MiB."""
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        pid, used = (x.strip() for x in line.split(","))
-        if int(pid) == os.getpid():
-            return int(used)
-    return 0
 
 
 def main() -> None:
@@ -39,7 +23,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from sam2_triton.bench.profile import cuda_stack_limit
+    from sam2_triton.bench.profile import cuda_stack_limit, device_mib_by_process
 
     cuda = torch.device("cuda")
     half = {"device": cuda, "dtype": torch.float16}
@@ -66,7 +50,7 @@ def main() -> None:
         step()
         torch.cuda.synchronize()
         row[name] = {
-            "process_mib": process_mib(),
+            "process_mib": device_mib_by_process().get(os.getpid(), 0),
             "torch_reserved_mib": round(torch.cuda.memory_reserved() / 2**20),
             "stack_limit_bytes": cuda_stack_limit(),
         }

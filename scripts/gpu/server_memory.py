@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -46,21 +45,12 @@ FLAG_SETS = {
 }
 
 
-def used_mib() -> dict[int, int]:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {int(p): int(m) for p, m in (line.split(",") for line in out.splitlines() if line)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
+    from sam2_triton.bench.profile import device_mib_by_process
     from sam2_triton.server import EmbeddedTriton, free_port
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +69,7 @@ def main() -> None:
             )
             with server:
                 server.wait_ready(120)
-                used = used_mib()
+                used = device_mib_by_process()
                 stubs = server.stub_processes()
                 row = {
                     "flags": name,

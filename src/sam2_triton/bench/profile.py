@@ -53,6 +53,19 @@ def device_used_gib() -> float:
     return round((total - free) / 2**30, 2)
 
 
+def device_mib_by_process() -> dict[int, int]:
+    """Each process's GPU memory as ``nvidia-smi`` counts it: ``{pid: MiB}``."""
+    import subprocess
+
+    out = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {int(p): int(m) for p, m in (line.split(",") for line in out.splitlines() if line)}
+
+
 def cuda_stack_limit(set_bytes: int | None = None) -> int:
     """The per-thread stack size (bytes) that the current CUDA context reserves local memory
     for, on every thread the GPU can hold at once (the driver's ``CU_LIMIT_STACK_SIZE``: 1
