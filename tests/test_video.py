@@ -761,6 +761,62 @@ def test_torch_compile_is_a_gpu_choice_of_the_video_config():
         dataclasses.replace(gpu.video, warmup=False).check("gpu")
 
 
+def test_the_video_idle_release_is_a_config_choice():
+    """``memory_release_idle_s`` reaches sam2_video's configs (5 s by default, 0: never, as
+    sam2_session's), configure_repository's ``--video-memory-release-idle`` sets it, and a
+    negative value is refused before a config is written."""
+    from sam2_triton import model_config as mc
+    from sam2_triton.cli.configure_repository import build_parser, params_from_args
+
+    gpu = mc.RepositoryParams(model_size="base_plus")
+    assert mc.video_config(gpu).parameters["memory_release_idle_s"].string_value == "5"
+    args = build_parser().parse_args(["--video-memory-release-idle", "0.5"])
+    changed, _cpu = params_from_args(args)
+    assert mc.video_config(changed).parameters["memory_release_idle_s"].string_value == "0.5"
+    with pytest.raises(UserError, match="memory_release_idle_s"):
+        dataclasses.replace(gpu.video, memory_release_idle_s=-1).check("gpu")
+
+
+def test_a_video_engine_gives_memory_back_only_after_its_requests(video_checkpoint, frame_files):
+    """Every request of a video engine counts as work for its idle release: none runs until
+    ``memory_release_idle_s`` after the request's end, then one does; closing the engine
+    stops its thread. A CPU engine has no release of its own (no torch cache to give
+    back): the release here has stand-ins for the clock and torch's figures."""
+    import torch
+
+    from sam2_triton.sessions.runtime import IdleRelease
+    from sam2_triton.sessions.video import VideoLimits, VideoRequest, VideoSessionEngine
+
+    predictor, _ = cpu_predictor(video_checkpoint)
+    engine = VideoSessionEngine(predictor, torch.device("cpu"), VideoLimits(max_videos=1))
+    assert engine.idle_release is None and engine.limits.memory_release_idle_s == 5.0
+    now, reserved, released = [0.0], [1 << 30], []
+
+    def release():
+        released.append(now[0])
+        reserved[0] = 0
+
+    idle = engine.idle_release = IdleRelease(
+        torch.device("cpu"),
+        5.0,
+        clock=lambda: now[0],
+        reserved=lambda: reserved[0],
+        release=release,
+    )
+    now[0] = 100.0
+    (answer,) = engine.execute(
+        [VideoRequest(1, start=True, frames=frame_files[:1], object_id=1, frame_index=0, **POINTS)]
+    )
+    assert not isinstance(answer, Exception), answer
+    now[0] = 104.0
+    assert idle.poll() is None and released == []  # 4 s after the request, not 104
+    now[0] = 105.0
+    assert idle.poll() == 1 << 30 and released == [105.0]
+    idle.start()
+    engine.close()
+    assert not idle.running
+
+
 # --- the CLI and the export -------------------------------------------------------------------
 
 

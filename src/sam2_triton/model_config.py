@@ -228,7 +228,8 @@ class VideoServing:
     at the warm-up leaves the instance eager (its log says why). With ``batch_objects`` a
     propagation tracks the objects of a frame in one run of the tracker where their
     memories line up (Meta's SAM2.1 tracks each alone; eager only: compiled graphs are made
-    per batch size).
+    per batch size). On a GPU, an instance idle for ``memory_release_idle_s`` gives back the
+    device memory a propagation left in torch's cache (0: never), as ``sam2_session`` does.
     """
 
     instance_count: int = 4
@@ -250,6 +251,7 @@ class VideoServing:
     batch_objects: bool = True
     warmup: bool = True
     max_candidate_sequences: int = 4096
+    memory_release_idle_s: float = 5.0
 
     def check(self, device: str) -> None:
         counts = (
@@ -276,6 +278,8 @@ class VideoServing:
         if self.torch_compile != "none" and not self.warmup:
             # The compilation (minutes) belongs at load, where a failure falls back to eager.
             raise UserError("video torch_compile needs the warm-up: it compiles there")
+        if self.memory_release_idle_s < 0:
+            raise UserError("video memory_release_idle_s must be ≥ 0 (0: never)")
         if self.image_size and (self.image_size < 64 or self.image_size % 16):
             raise UserError(
                 f"video image_size must be a multiple of 16, ≥ 64 (or 0), not " f"{self.image_size}"
@@ -725,6 +729,7 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         "max_points": params.max_points,
         "decode_threads": v.decode_threads,
         "feature_batch": v.feature_batch,
+        "memory_release_idle_s": f"{v.memory_release_idle_s:g}",
         "warmup": str(v.warmup).lower(),
     }.items():
         config.parameters[key].string_value = str(value)

@@ -36,6 +36,12 @@ VIDEO_FLAGS = {
     "precision": ("precision", str, "bfloat16 (CUDA autocast) or float32"),
     "image_size": ("image_size", int, "the model's input side (0: the model's, 1024)"),
     "feature_batch": ("feature_batch", int, "frames per image-encoder run in a propagation"),
+    "memory_release_idle": (
+        "memory_release_idle_s",
+        float,
+        "seconds idle after which a GPU instance gives a propagation's cached memory back "
+        "(0: never)",
+    ),
     "batch_objects": (
         "batch_objects",
         _true_or_false,

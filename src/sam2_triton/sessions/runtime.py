@@ -136,6 +136,21 @@ class AfterLargeRuns:
 IDLE_RELEASE_SLACK_BYTES = 256 << 20
 
 
+def release_message(name: str, device: "torch.device", before: int, after: int) -> str:
+    """The log line of an idle release of model ``name`` on ``device`` (torch's reserved
+    bytes ``before`` and ``after`` it)."""
+    import torch
+
+    # What tensors use (sessions, videos, weights, graphs' pools): what stays reserved beyond
+    # it is free space that torch cannot return (inside segments or pools in use).
+    used = torch.cuda.memory_allocated(device)
+    return (
+        f"{name}: idle: gave back {(before - after) / 2**20:.0f} MiB of cached device "
+        f"memory (torch's reserve {before / 2**20:.0f} -> {after / 2**20:.0f} MiB, "
+        f"{used / 2**20:.0f} MiB of it in use)"
+    )
+
+
 class IdleRelease:
     """Gives back the device memory that torch's caching allocator keeps but no tensor uses,
     once the engine has been idle for ``idle_s`` seconds (no :meth:`busy` block running or

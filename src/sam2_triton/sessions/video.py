@@ -63,6 +63,7 @@ from sam2_triton.model_config import (
 )
 from sam2_triton.models import IMAGE_SIZE, ModelSize, UserError
 from sam2_triton.sessions.image import RequestError
+from sam2_triton.sessions.runtime import IdleRelease
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
 if TYPE_CHECKING:
@@ -97,8 +98,10 @@ class VideoLimits:
     prompts are kept per video (each holds an S×S float32 mask). ``decode_threads`` decode
     the frames of one request in parallel; a propagation encodes ``feature_batch`` frames per
     run of the image encoder and, with ``batch_objects``, tracks the objects of a frame in
-    one run of the tracker where their memories line up (:class:`ObjectBatches`). The
-    defaults are those the generated config writes
+    one run of the tracker where their memories line up (:class:`ObjectBatches`). On a GPU,
+    after ``memory_release_idle_s`` without requests, the memory a propagation left in
+    torch's cache goes back to the device (:class:`~sam2_triton.sessions.runtime.IdleRelease`;
+    0: never). The defaults are those the generated config writes
     (:class:`~sam2_triton.model_config.VideoServing`).
     """
 
@@ -116,6 +119,7 @@ class VideoLimits:
     decode_threads: int = VideoServing.decode_threads
     feature_batch: int = VideoServing.feature_batch
     batch_objects: bool = VideoServing.batch_objects
+    memory_release_idle_s: float = VideoServing.memory_release_idle_s
 
 
 @dataclass
@@ -825,6 +829,11 @@ class VideoSessionEngine:
     ``predictor`` is Meta's ``SAM2VideoPredictor`` on ``device``
     (:func:`build_video_predictor`); ``precision`` ``"bfloat16"`` runs it under CUDA
     autocast (with TF32 matmuls, as Meta's benchmark), ``"float32"`` as built.
+
+    On a CUDA device, :attr:`idle_release` gives a propagation's cached memory back once the
+    engine has been idle for ``limits.memory_release_idle_s`` (its thread is started by the
+    caller: ``engine.idle_release.start()``; :meth:`close` stops it); ``on_memory_release(
+    before, after)`` gets torch's reserved bytes around each release.
     """
 
     def __init__(
@@ -836,6 +845,7 @@ class VideoSessionEngine:
         precision: str = "float32",
         on_drop: Callable[[Hashable, Video, str], None] | None = None,
         pad_feature_batches: bool | None = None,
+        on_memory_release: Callable[[int, int], None] | None = None,
     ) -> None:
         import torch
 
@@ -868,6 +878,12 @@ class VideoSessionEngine:
         #: Why the compiled networks were given up at the warm-up (then the tracker runs
         #: eager), or None.
         self.compile_error: str | None = None
+        self.idle_release: IdleRelease | None = None
+        if device.type == "cuda" and limits.memory_release_idle_s > 0:
+            self.idle_release = IdleRelease(
+                device, limits.memory_release_idle_s, on_release=on_memory_release
+            )
+            self.idle_release.settle()
         if precision == "bfloat16":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -936,6 +952,11 @@ class VideoSessionEngine:
             import torch
 
             torch.cuda.synchronize(self.device)
+            # What the blank video's tracking left in torch's cache goes back to the device
+            # (the compiled graphs keep their own pools); the idle release measures from here.
+            torch.cuda.empty_cache()
+            if self.idle_release is not None:
+                self.idle_release.settle()
         return time.perf_counter() - t0
 
     def _give_up_compiling(self, error: Exception) -> None:
@@ -1001,7 +1022,11 @@ class VideoSessionEngine:
         video). A :class:`RequestError` answers a request the engine refused, before
         anything of its video changed; another exception is a failure of the tracker itself
         (it answers only its request too)."""
-        return self._tracker.submit(self._execute, requests).result()
+        return self._tracker.submit(self._execute_busy, requests).result()
+
+    def _execute_busy(self, requests: Sequence[VideoRequest]) -> list[VideoAnswer | Exception]:
+        with self.idle_release.busy() if self.idle_release else contextlib.nullcontext():
+            return self._execute(requests)
 
     def _execute(self, requests: Sequence[VideoRequest]) -> list[VideoAnswer | Exception]:
         in_use = {r.session_id for r in requests}
@@ -1335,6 +1360,8 @@ class VideoSessionEngine:
 
     def close(self) -> None:
         """Drop every video (the instance is unloading)."""
+        if self.idle_release is not None:
+            self.idle_release.stop()
         self.store.clear()
         self._decoder.shutdown(wait=False)
         self._tracker.shutdown(wait=False)

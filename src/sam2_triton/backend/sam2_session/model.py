@@ -46,7 +46,12 @@ from sam2_triton.sessions.image import (
     SessionLimits,
     SessionRequest,
 )
-from sam2_triton.sessions.runtime import StageClock, bucket_sizes, torch_device
+from sam2_triton.sessions.runtime import (
+    StageClock,
+    bucket_sizes,
+    release_message,
+    torch_device,
+)
 from sam2_triton.sessions.store import Sweeper
 from sam2_triton.sessions.torch_networks import TorchNetworks
 
@@ -146,16 +151,7 @@ class TritonPythonModel:
         )
 
     def _log_release(self, before: int, after: int) -> None:
-        import torch
-
-        # What tensors use (the sessions, the weights, the graphs' pool): what stays reserved
-        # beyond it is free space that torch cannot return (inside segments or pools in use).
-        used = torch.cuda.memory_allocated(self.engine.device)
-        pb_utils.Logger.log_info(
-            f"{self.name}: idle: gave back {(before - after) / 2**20:.0f} MiB of cached device "
-            f"memory (torch's reserve {before / 2**20:.0f} -> {after / 2**20:.0f} MiB, "
-            f"{used / 2**20:.0f} MiB of it in use)"
-        )
+        pb_utils.Logger.log_info(release_message(self.name, self.engine.device, before, after))
 
     def execute(self, requests: list) -> list:
         responses = answer_batch(

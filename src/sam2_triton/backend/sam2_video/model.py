@@ -59,7 +59,7 @@ from sam2_triton.backend.sequence import (  # noqa: E402
     read_sequence,
 )
 from sam2_triton.models import UserError, get_model_size  # noqa: E402
-from sam2_triton.sessions.runtime import torch_device  # noqa: E402
+from sam2_triton.sessions.runtime import release_message, torch_device  # noqa: E402
 from sam2_triton.sessions.store import Sweeper  # noqa: E402
 from sam2_triton.sessions.video import (  # noqa: E402
     VIDEO_OUTPUTS,
@@ -107,6 +107,9 @@ class TritonPythonModel:
             decode_threads=number("decode_threads", defaults.decode_threads),
             feature_batch=number("feature_batch", defaults.feature_batch),
             batch_objects=parameter(config, "batch_objects", "true") == "true",
+            memory_release_idle_s=float(
+                parameter(config, "memory_release_idle_s", str(defaults.memory_release_idle_s))
+            ),
         )
         weights = (
             Path(args["model_repository"])
@@ -141,6 +144,7 @@ class TritonPythonModel:
                 limits,
                 precision=parameter(config, "precision", "float32"),
                 on_drop=lambda key, _v, why: log.log_verbose(f"{self.name}: video {key} {why}"),
+                on_memory_release=self._log_release,
             )
             warmed = ""
             if parameter(config, "warmup", "false") == "true":
@@ -154,6 +158,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
         # Expired videos are freed even when no request comes.
         self.sweeper = Sweeper(self.engine.store, min(30.0, limits.idle_timeout_s / 4)).start()
+        if self.engine.idle_release is not None:
+            self.engine.idle_release.start()
         self.max_elements = {
             "frames": limits.max_frames_per_request,
             "point_coords": 2 * limits.max_points,
@@ -169,6 +175,9 @@ class TritonPythonModel:
             f"{'compiled' if self.engine.compiled else 'eager'}{holes}; "
             f"{bound_summary(self.engine)}; idle timeout {limits.idle_timeout_s:g} s{warmed}"
         )
+
+    def _log_release(self, before: int, after: int) -> None:
+        pb_utils.Logger.log_info(release_message(self.name, self.engine.device, before, after))
 
     def execute(self, requests: list) -> list:
         return answer_batch(self.name, requests, self._read, self.engine.execute, self._outputs)
