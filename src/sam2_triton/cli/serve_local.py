@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="CUDA memory pool on GPU 0 for GPU tensors between Triton and the backend "
-        "(default: 2048 with the GPU configs, Triton's own default with --config-name cpu "
-        "or where only sam2_session and sam2_video are loaded: they answer from host memory)",
+        "(default: 2048 with the GPU configs, 0 where only sam2_session and sam2_video are "
+        "loaded: they answer from host memory; Triton's own with --config-name cpu)",
     )
     p.add_argument(
         "--pinned-memory-pool-mb",
