@@ -376,9 +376,13 @@ def test_the_cuda_memory_pool_is_kept_for_the_models_that_use_it():
     assert default_cuda_memory_pool_mb(None, None) == 2048
     assert default_cuda_memory_pool_mb(None, ["sam2_session"]) == 0
     assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2_video"]) == 0
-    none = EmbeddedTriton(Path("r"), cuda_memory_pool_mb=0, pinned_memory_pool_mb=0)
+    none = EmbeddedTriton(Path("r"), cuda_memory_pool_mb=0, pinned_memory_pool_mb=0, gpu_count=1)
     pools = [a for a in none.command(Path("b")) if "memory-pool" in a]
     assert pools == ["--cuda-memory-pool-byte-size=0:0", "--pinned-memory-pool-byte-size=0"]
+    # Triton sizes the pool per GPU: each GPU of the machine gets it, not GPU 0 alone.
+    two_gpus = EmbeddedTriton(Path("r"), cuda_memory_pool_mb=2048, gpu_count=2)
+    pools = [a for a in two_gpus.command(Path("b")) if "memory-pool" in a]
+    assert pools == [f"--cuda-memory-pool-byte-size={gpu}:{2048 << 20}" for gpu in (0, 1)]
     assert default_cuda_memory_pool_mb(None, ["sam2_session", "sam2"]) == 2048
     assert default_cuda_memory_pool_mb("cpu", None) is None
     server = EmbeddedTriton(Path("r"), models=["sam2_session"])

@@ -11,6 +11,7 @@ the NGC image; only the ONNX Runtime backend is ours instead of NVIDIA's C++ one
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import resource
@@ -53,6 +54,21 @@ def _raise_stack_limit() -> None:
     want = STACK_BYTES if hard == resource.RLIM_INFINITY else min(STACK_BYTES, hard)
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+
+
+def visible_gpu_count() -> int:
+    """How many GPUs a CUDA process started from here would see (``CUDA_VISIBLE_DEVICES``
+    applies, as it does to tritonserver's device ids); 0 without a CUDA driver. Asks the
+    driver itself (``cuDeviceGetCount``), which creates no context and allocates nothing on
+    any GPU."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 def tritonserver_dist() -> Path:
@@ -166,10 +182,14 @@ class EmbeddedTriton:
     exit_timeout_s: int = 10
     #: Refuse to start when an ONNX model's file is missing (off: let Triton report it).
     precheck: bool = True
-    #: CUDA memory pool per GPU (MiB) through which GPU tensors move between Triton and the
-    #: python backend; Triton's default of 64 MiB is less than one batch of encoder outputs.
-    #: None: Triton's default (right for the CPU configs).
+    #: CUDA memory pool of each GPU (MiB) through which GPU tensors move between Triton and
+    #: the python backend; Triton's default of 64 MiB is less than one batch of encoder
+    #: outputs. None: Triton's default (right for the CPU configs).
     cuda_memory_pool_mb: int | None = None
+    #: The GPUs that :attr:`cuda_memory_pool_mb` is set for: ``range(gpu_count)``. None: the
+    #: GPUs visible here (:func:`visible_gpu_count`; GPU 0 where none is). Triton takes the
+    #: pool's size per GPU, and a GPU not named keeps Triton's default.
+    gpu_count: int | None = None
     #: Pinned host memory pool (MiB) for Triton's copies between host and GPU. None: Triton's
     #: default (256 MiB).
     pinned_memory_pool_mb: int | None = None
@@ -252,7 +272,9 @@ class EmbeddedTriton:
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
         if self.cuda_memory_pool_mb is not None:
-            cmd.append(f"--cuda-memory-pool-byte-size=0:{self.cuda_memory_pool_mb << 20}")
+            gpus = visible_gpu_count() if self.gpu_count is None else self.gpu_count
+            size = self.cuda_memory_pool_mb << 20
+            cmd += [f"--cuda-memory-pool-byte-size={gpu}:{size}" for gpu in range(max(gpus, 1))]
         if self.pinned_memory_pool_mb is not None:
             cmd.append(f"--pinned-memory-pool-byte-size={self.pinned_memory_pool_mb << 20}")
         return cmd + list(self.extra_args)

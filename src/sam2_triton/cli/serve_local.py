@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cuda-memory-pool-mb",
         type=int,
         default=None,
-        help="CUDA memory pool on GPU 0 for GPU tensors between Triton and the backend "
+        help="CUDA memory pool on each GPU for GPU tensors between Triton and the backend "
         "(default: 2048 with the GPU configs, 0 where only sam2_session and sam2_video are "
         "loaded: they answer from host memory; Triton's own with --config-name cpu)",
     )
