@@ -2,7 +2,8 @@
 """What a bare CUDA process costs on the device before any model: the process's device
 memory (``nvidia-smi``'s count for this process), torch's reserve and the context's stack
 limit after each first use of a library a ``sam2_session`` instance runs (the context, a
-cuBLAS FP16 matrix product, cuDNN convolutions, fused attention). One JSON line.
+cuBLAS FP16 matrix product, then FP32 and a cuBLASLt linear with bias, cuDNN convolutions,
+fused attention). One JSON line.
 
     python scripts/gpu/context_memory.py --out OUT/context_memory.jsonl
 """
@@ -31,6 +32,13 @@ def main() -> None:
         "context": lambda: torch.zeros(1, device=cuda),
         "cublas_fp16_matmul": lambda: torch.randn(4096, 4096, **half)
         @ torch.randn(4096, 4096, **half),
+        # Whether a float32 product or cuBLASLt's bias epilogue (F.linear) asks for another
+        # workspace than the float16 product's (reserve_cublas_workspaces runs both dtypes).
+        "cublas_fp32_matmul_8x8": lambda: torch.ones(8, 8, device=cuda)
+        @ torch.ones(8, 8, device=cuda),
+        "cublaslt_fp16_linear_bias": lambda: F.linear(
+            torch.randn(64, 256, **half), torch.randn(256, 256, **half), torch.randn(256, **half)
+        ),
         "cudnn_conv_7x7_stride_4": lambda: F.conv2d(
             torch.randn(1, 3, 1024, 1024, **half), torch.randn(112, 3, 7, 7, **half), stride=4
         ),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def segment_origins(snapshot: dict) -> dict[int, str]:
 def breakdown(engine, top: int) -> dict:
     import torch
 
-    from sam2_triton.bench.profile import cuda_stack_limit, device_used_gib
+    from sam2_triton.bench.profile import cuda_stack_limit, device_mib_by_process
 
     torch.cuda.synchronize()
     sessions_pool = getattr(engine._session_pool, "id", None)
@@ -66,7 +67,8 @@ def breakdown(engine, top: int) -> dict:
                 pools[f"{pool} in use"] += block["size"]
                 groups[f"{pool}: {where(block.get('frames', []))}"] += block["size"]
     mib = 2**20
-    process_gib = device_used_gib()
+    # This process's share as nvidia-smi counts it (not the device's: a server may share it).
+    process_gib = round(device_mib_by_process().get(os.getpid(), 0) / 1024, 2)
     reserved = torch.cuda.memory_reserved()
     return {
         "process_gib": process_gib,

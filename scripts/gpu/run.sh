@@ -113,19 +113,19 @@ served)
     done
     grep -E "model.py|sam2_session" "$log" | grep -v "^|" | head -12
     echo "loaded: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$NAME.txt"
-    nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
+    nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
     timeout "${BENCH_TIMEOUT:-420}" python3 scripts/benchmark.py --model "$size" --device cuda \
         --repository "$repo" --backends triton --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 \
         --label "$size fp16 served" --out "$OUT/served_$NAME" --no-progress "$@" 2>&1 |
         grep -v '^|' | tail -40 || true
     echo "after: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" >>"$OUT/memory_$NAME.txt"
-    nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
+    nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
     # Idle: sam2_session gives a burst's cached memory back after memory_release_idle_s
     # (default 5 s; polled every half of it), so this waits $IDLE_WAIT s (default 12).
     sleep "${IDLE_WAIT:-12}"
     echo "after ${IDLE_WAIT:-12} s idle: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)" \
         >>"$OUT/memory_$NAME.txt"
-    nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
+    nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv >>"$OUT/memory_$NAME.txt" || true
     grep -h "gave back" "$log" | tail -4 >>"$OUT/memory_$NAME.txt" || true
     curl -s localhost:8002/metrics | grep -E "^nv_inference_(exec|request)_count|nv_gpu_memory" \
         >"$OUT/metrics_$NAME.txt" || true

@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=VideoServing.feature_batch,
         help="frames per run of the image encoder in a propagation (served; default %(default)s)",
     )
+    p.add_argument(
+        "--idle-wait",
+        type=float,
+        default=12.0,
+        help="on a GPU, seconds to wait after the served runs before reading the GPU's memory "
+        "again: sam2_video gives a propagation's cached memory back once idle for its "
+        "memory_release_idle_s (default 5 s); 0: do not wait (default %(default)s)",
+    )
     p.add_argument("--no-engine", action="store_true", help="skip the engine in-process")
     p.add_argument(
         "--engine-repeats",
@@ -286,6 +294,9 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
         grpc_port=free_port(),
         metrics_port=free_port(),
         exit_timeout_s=5,
+        # As serve_local runs sam2_video alone: it answers from host memory, so Triton's CUDA
+        # pool would be GPU memory never used.
+        cuda_memory_pool_mb=0 if config.device == "gpu" else None,
     )
     log = workdir / "tritonserver.log"
     with open(log, "w") as stream:
@@ -691,8 +702,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loaded = device_memory_used_mb() if config.device == "gpu" else None
                 report["results"] += run_served(config, url, frames)
                 if loaded is not None:  # a GPU: what the instances hold, loaded and after
-                    after = device_memory_used_mb()
-                    server["device_memory_used_mib"] = {"loaded": loaded, "after": after}
+                    memory = {"loaded": loaded, "after": device_memory_used_mb()}
+                    if args.idle_wait > 0:
+                        time.sleep(args.idle_wait)
+                        memory[f"after_{args.idle_wait:g}_s_idle"] = device_memory_used_mb()
+                    server["device_memory_used_mib"] = memory
+            if server.get("started_here"):  # its idle releases, from the log copied to out
+                log = (args.out / "tritonserver.log").read_text(errors="replace")
+                server["memory_releases"] = [
+                    line.strip() for line in log.splitlines() if ": idle: gave back " in line
+                ]
         if not args.no_engine:
             report["results"] += run_engine(config, checkpoint, frames)
         if not args.no_meta:
