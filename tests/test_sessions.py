@@ -729,24 +729,37 @@ def test_idle_release_gives_a_bursts_memory_back_once_per_idle_spell():
         IdleRelease(torch.device("cpu"), 0)
 
 
-def test_idle_work_runs_on_threads_of_its_own():
+def test_idle_work_runs_on_threads_of_its_own(monkeypatch):
     """With no request at all: the sweeper drops an expired session and the idle release gives
-    a grown cache back, each from its own daemon thread, and both threads stop."""
+    a grown cache back, each from its own daemon thread, and both threads stop. Each thread
+    runs its setup first: the release's makes its device the thread's current one (a new
+    thread starts on GPU 0, where the cache's cudaFree made a CUDA context for an instance of
+    GPU 1; ``make_current`` itself needs a GPU, so it is recorded here)."""
     import torch
 
+    from sam2_triton.sessions import runtime
     from sam2_triton.sessions.runtime import IdleRelease
     from sam2_triton.sessions.store import SessionStore, Sweeper
 
     store: SessionStore[str] = SessionStore(4, 0.05)
     store.put("a", "session")
     reserved, released = [1 << 30], threading.Event()
+    events: list[tuple] = []  # (what, thread name)
+    device = torch.device("cpu")
+    monkeypatch.setattr(
+        runtime,
+        "make_current",
+        lambda d: events.append((("current", d), threading.current_thread().name)),
+    )
 
     def release():
+        events.append(("release", threading.current_thread().name))
         reserved[0] = 0
         released.set()
 
-    idle = IdleRelease(torch.device("cpu"), 0.05, reserved=lambda: reserved[0], release=release)
-    sweeper, idle = Sweeper(store, 0.02).start(), idle.start()
+    idle = IdleRelease(device, 0.05, reserved=lambda: reserved[0], release=release)
+    setup = lambda: events.append(("sweeper setup", threading.current_thread().name))  # noqa
+    sweeper, idle = Sweeper(store, 0.02, setup=setup).start(), idle.start()
     assert sweeper.running and idle.running
     try:
         assert released.wait(10), "the idle release never ran"
@@ -758,6 +771,10 @@ def test_idle_work_runs_on_threads_of_its_own():
         sweeper.stop()
         idle.stop()
     assert not sweeper.running and not idle.running
+    release_thread = "idle-memory-release"
+    assert ("sweeper setup", "session-sweeper") in events
+    on_release_thread = [what for what, thread in events if thread == release_thread]
+    assert on_release_thread[:2] == [("current", device), "release"], events
 
 
 def test_the_idle_release_is_a_config_choice(engine):

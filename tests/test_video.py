@@ -777,16 +777,25 @@ def test_the_video_idle_release_is_a_config_choice():
         dataclasses.replace(gpu.video, memory_release_idle_s=-1).check("gpu")
 
 
-def test_a_video_engine_gives_memory_back_only_after_its_requests(video_checkpoint, frame_files):
+def test_a_video_engine_gives_memory_back_only_after_its_requests(
+    video_checkpoint, frame_files, monkeypatch
+):
     """Every request of a video engine counts as work for its idle release: none runs until
     ``memory_release_idle_s`` after the request's end, then one does; closing the engine
     stops its thread. A CPU engine has no release of its own (no torch cache to give
-    back): the release here has stand-ins for the clock and torch's figures."""
+    back): the release here has stand-ins for the clock and torch's figures. The tracker's
+    thread makes the engine's device its current one before its first task (recorded: it
+    needs a GPU)."""
     import torch
 
+    from sam2_triton.sessions import video
     from sam2_triton.sessions.runtime import IdleRelease
     from sam2_triton.sessions.video import VideoLimits, VideoRequest, VideoSessionEngine
 
+    made_current = []
+    monkeypatch.setattr(
+        video, "make_current", lambda d: made_current.append((d, threading.current_thread().name))
+    )
     predictor, _ = cpu_predictor(video_checkpoint)
     engine = VideoSessionEngine(predictor, torch.device("cpu"), VideoLimits(max_videos=1))
     assert engine.idle_release is None and engine.limits.memory_release_idle_s == 5.0
@@ -808,6 +817,7 @@ def test_a_video_engine_gives_memory_back_only_after_its_requests(video_checkpoi
         [VideoRequest(1, start=True, frames=frame_files[:1], object_id=1, frame_index=0, **POINTS)]
     )
     assert not isinstance(answer, Exception), answer
+    assert made_current == [(torch.device("cpu"), "video-tracker_0")]
     now[0] = 104.0
     assert idle.poll() is None and released == []  # 4 s after the request, not 104
     now[0] = 105.0

@@ -51,6 +51,21 @@ def torch_device(kind: str, device_id: int = 0) -> "torch.device":
     return torch.device("cpu")
 
 
+def make_current(device: "torch.device") -> None:
+    """Make CUDA ``device`` the calling thread's current device (nothing for a CPU device).
+
+    CUDA keeps a current device per thread, and a new thread starts on GPU 0, whatever
+    :func:`torch_device` set on the instance's loading thread. Torch's kernels run where
+    their tensors are, but a bare runtime call does not: the caching allocator's ``cudaFree``
+    (``torch.cuda.empty_cache``) on such a thread made a CUDA context of 518 MiB on GPU 0
+    for an instance of GPU 1 (measured on two H200s). Every thread of an instance that
+    touches CUDA runs this first."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.set_device(cuda_index(device))
+
+
 def cuda_index(device: "torch.device") -> int:
     """The index of CUDA ``device`` (a bare ``"cuda"`` is the current device)."""
     import torch
@@ -185,6 +200,7 @@ class IdleRelease:
 
         if idle_s <= 0:
             raise ValueError("idle_s must be > 0")
+        self.device = device
         self.idle_s = idle_s
         self.slack_bytes = slack_bytes
         self._clock = clock
@@ -231,8 +247,14 @@ class IdleRelease:
             self._lock.release()
 
     def start(self) -> IdleRelease:
-        """Poll on a daemon thread, twice per ``idle_s``."""
-        self._thread = Periodic(self.poll, self.idle_s / 2, "idle-memory-release").start()
+        """Poll on a daemon thread, twice per ``idle_s``, whose current device is this
+        release's (:func:`make_current`: ``empty_cache`` frees through CUDA's runtime)."""
+        self._thread = Periodic(
+            self.poll,
+            self.idle_s / 2,
+            "idle-memory-release",
+            setup=lambda: make_current(self.device),
+        ).start()
         return self
 
     def stop(self) -> None:

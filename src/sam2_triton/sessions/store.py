@@ -167,11 +167,20 @@ class SessionStore(Generic[T]):
 
 class Periodic:
     """Calls ``action()`` every ``interval_s`` seconds on a daemon thread, from :meth:`start`
-    until :meth:`stop`: work an idle server does without waiting for a request."""
+    until :meth:`stop`: work an idle server does without waiting for a request.
+    ``setup()``, if given, runs first on that thread (what a thread keeps for itself, such as
+    its current CUDA device)."""
 
-    def __init__(self, action: Callable[[], object], interval_s: float, name: str) -> None:
+    def __init__(
+        self,
+        action: Callable[[], object],
+        interval_s: float,
+        name: str,
+        setup: Callable[[], object] | None = None,
+    ) -> None:
         self._action = action
         self._interval = interval_s
+        self._setup = setup
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -180,6 +189,8 @@ class Periodic:
         return self
 
     def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
         while not self._stop.wait(self._interval):
             self._action()
 
@@ -196,7 +207,10 @@ class Periodic:
 
 class Sweeper(Periodic):
     """Calls ``store.expire()`` every ``interval_s`` seconds on a daemon thread, so an idle
-    server frees expired sessions' memory without waiting for the next request."""
+    server frees expired sessions' memory without waiting for the next request. ``setup``:
+    as :class:`Periodic`'s (freeing device tensors may call CUDA: the instance's device)."""
 
-    def __init__(self, store: SessionStore, interval_s: float) -> None:
-        super().__init__(store.expire, interval_s, "session-sweeper")
+    def __init__(
+        self, store: SessionStore, interval_s: float, setup: Callable[[], object] | None = None
+    ) -> None:
+        super().__init__(store.expire, interval_s, "session-sweeper", setup)

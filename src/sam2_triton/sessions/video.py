@@ -63,7 +63,7 @@ from sam2_triton.model_config import (
 )
 from sam2_triton.models import IMAGE_SIZE, ModelSize, UserError
 from sam2_triton.sessions.image import RequestError
-from sam2_triton.sessions.runtime import IdleRelease
+from sam2_triton.sessions.runtime import IdleRelease, make_current
 from sam2_triton.sessions.store import SessionStore, StoreFull, why_missing_in_words
 
 if TYPE_CHECKING:
@@ -766,6 +766,15 @@ def _compiled(predictor) -> bool:
     return isinstance(predictor, SAM2VideoPredictorVOS)
 
 
+def _tracker_thread(device: "torch.device", compiled: bool) -> None:
+    """What the tracker's thread needs before its first task: the instance's device as its
+    current one (:func:`~sam2_triton.sessions.runtime.make_current`), and for a compiled
+    predictor torch.compile's CUDA graph state."""
+    make_current(device)
+    if compiled:
+        _cudagraph_trees_of_this_thread()
+
+
 def _cudagraph_trees_of_this_thread() -> None:
     """Give the calling thread torch.compile's per-thread CUDA graph state (cudagraph trees).
     torch 2.11 (the H100's) makes it only in the thread that imported
@@ -872,7 +881,8 @@ class VideoSessionEngine:
         self._tracker = ThreadPoolExecutor(
             1,
             "video-tracker",
-            initializer=_cudagraph_trees_of_this_thread if _compiled(predictor) else None,
+            initializer=_tracker_thread,
+            initargs=(device, _compiled(predictor)),
         )
         self.object_batches = self._object_batches()
         #: Why the compiled networks were given up at the warm-up (then the tracker runs

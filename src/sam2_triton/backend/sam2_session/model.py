@@ -49,6 +49,7 @@ from sam2_triton.sessions.image import (
 from sam2_triton.sessions.runtime import (
     StageClock,
     bucket_sizes,
+    make_current,
     release_message,
     torch_device,
 )
@@ -117,7 +118,11 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
         # Expired sessions are freed even when no request comes.
-        self.sweeper = Sweeper(self.engine.store, min(30.0, limits.idle_timeout_s / 4)).start()
+        self.sweeper = Sweeper(
+            self.engine.store,
+            min(30.0, limits.idle_timeout_s / 4),
+            setup=lambda: make_current(device),  # a dropped session frees device memory
+        ).start()
         if self.engine.idle_release is not None:
             self.engine.idle_release.start()
         self.max_elements = {

@@ -59,7 +59,7 @@ from sam2_triton.backend.sequence import (  # noqa: E402
     read_sequence,
 )
 from sam2_triton.models import UserError, get_model_size  # noqa: E402
-from sam2_triton.sessions.runtime import release_message, torch_device  # noqa: E402
+from sam2_triton.sessions.runtime import make_current, release_message, torch_device  # noqa: E402
 from sam2_triton.sessions.store import Sweeper  # noqa: E402
 from sam2_triton.sessions.video import (  # noqa: E402
     VIDEO_OUTPUTS,
@@ -157,7 +157,11 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
         # Expired videos are freed even when no request comes.
-        self.sweeper = Sweeper(self.engine.store, min(30.0, limits.idle_timeout_s / 4)).start()
+        self.sweeper = Sweeper(
+            self.engine.store,
+            min(30.0, limits.idle_timeout_s / 4),
+            setup=lambda: make_current(device),  # a dropped session frees device memory
+        ).start()
         if self.engine.idle_release is not None:
             self.engine.idle_release.start()
         self.max_elements = {
