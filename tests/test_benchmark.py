@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -171,6 +172,32 @@ def test_kernel_classes_of_the_profiled_kernels():
         ),
     }
     assert {name: kernel_class(name) for name in seen} == seen
+
+
+def test_device_memory_of_each_process_on_each_gpu(tmp_path, monkeypatch):
+    """``bench.profile``'s reading of nvidia-smi (a stand-in here: no GPU) keeps a process's
+    memory on each GPU apart, by the GPUs' bus ids, and sums it per process; a process on two
+    GPUs is how a stray CUDA context shows (scripts/gpu/second_gpu.py)."""
+    from sam2_triton.bench.profile import device_mib_by_process, device_mib_by_process_and_gpu
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "--query-gpu=*) printf '0, 00000000:00:06.0\\n1, 00000000:00:07.0\\n' ;;\n"
+        "*) printf '839, 00000000:00:06.0, 520\\n905, 00000000:00:06.0, 518\\n"
+        "839, 00000000:00:07.0, 520\\n905, 00000000:00:07.0, 2378\\n' ;;\n"
+        "esac\n"
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert device_mib_by_process_and_gpu() == {
+        (839, 0): 520,
+        (905, 0): 518,
+        (839, 1): 520,
+        (905, 1): 2378,
+    }
+    assert device_mib_by_process() == {839: 1040, 905: 2896}
 
 
 def test_smooth_masks_checkpoint_gives_outlines_not_speckle(tmp_path):

@@ -53,17 +53,33 @@ def device_used_gib() -> float:
     return round((total - free) / 2**30, 2)
 
 
-def device_mib_by_process() -> dict[int, int]:
-    """Each process's GPU memory as ``nvidia-smi`` counts it: ``{pid: MiB}``."""
+def _nvidia_smi(what: str, fields: str) -> list[list[str]]:
+    """The rows of ``nvidia-smi --query-WHAT=FIELDS`` (CSV, no header, no units)."""
     import subprocess
 
     out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        ["nvidia-smi", f"--query-{what}={fields}", "--format=csv,noheader,nounits"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return {int(p): int(m) for p, m in (line.split(",") for line in out.splitlines() if line)}
+    return [[f.strip() for f in line.split(",")] for line in out.splitlines() if line.strip()]
+
+
+def device_mib_by_process_and_gpu() -> dict[tuple[int, int], int]:
+    """Each process's memory on each GPU as ``nvidia-smi`` counts it: ``{(pid, GPU): MiB}``
+    (nvidia-smi's GPU indices, which ``CUDA_VISIBLE_DEVICES`` does not renumber)."""
+    index = {bus: int(i) for i, bus in _nvidia_smi("gpu", "index,pci.bus_id")}
+    rows = _nvidia_smi("compute-apps", "pid,gpu_bus_id,used_memory")
+    return {(int(pid), index[bus]): int(mib) for pid, bus, mib in rows}
+
+
+def device_mib_by_process() -> dict[int, int]:
+    """Each process's GPU memory as ``nvidia-smi`` counts it, over all GPUs: ``{pid: MiB}``."""
+    total: dict[int, int] = {}
+    for (pid, _gpu), mib in device_mib_by_process_and_gpu().items():
+        total[pid] = total.get(pid, 0) + mib
+    return total
 
 
 def cuda_stack_limit(set_bytes: int | None = None) -> int:

@@ -675,7 +675,6 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sam2_triton.bench.ort import device_memory_used_mb
     from sam2_triton.bench.report import write_json
     from sam2_triton.bench.suite import machine_info, versions
     from sam2_triton.files import write_text_atomic
@@ -699,14 +698,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_served:
             with served(config, checkpoint, args.url, workdir, args.out) as (url, server):
                 report["server"] = server
-                loaded = device_memory_used_mb() if config.device == "gpu" else None
+                gpu = config.device == "gpu"
+                loaded = server_mib_by_gpu() if gpu else None
                 report["results"] += run_served(config, url, frames)
-                if loaded is not None:  # a GPU: what the instances hold, loaded and after
-                    memory = {"loaded": loaded, "after": device_memory_used_mb()}
+                if loaded is not None:  # what the server holds on each GPU, loaded and after
+                    memory = {"loaded": loaded, "after": server_mib_by_gpu()}
                     if args.idle_wait > 0:
                         time.sleep(args.idle_wait)
-                        memory[f"after_{args.idle_wait:g}_s_idle"] = device_memory_used_mb()
-                    server["device_memory_used_mib"] = memory
+                        memory[f"after_{args.idle_wait:g}_s_idle"] = server_mib_by_gpu()
+                    server["server_mib_by_gpu"] = memory
             if server.get("started_here"):  # its idle releases, from the log copied to out
                 log = (args.out / "tritonserver.log").read_text(errors="replace")
                 server["memory_releases"] = [
@@ -724,6 +724,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     md_path = write_text_atomic(args.out / "results.md", markdown(report))
     print(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def server_mib_by_gpu() -> dict[int, int]:
+    """GPU memory of every process but this one (the server and its stubs), MiB by GPU, as
+    nvidia-smi counts it: what this process's own CUDA context holds is not in it."""
+    from sam2_triton.bench.profile import device_mib_by_process_and_gpu
+
+    by_gpu: dict[int, int] = {}
+    for (pid, gpu), mib in device_mib_by_process_and_gpu().items():
+        if pid != os.getpid():
+            by_gpu[gpu] = by_gpu.get(gpu, 0) + mib
+    return by_gpu
 
 
 def _random_checkpoint(model: str, workdir: Path) -> Path:
