@@ -324,16 +324,18 @@ def reserve_cublas_workspaces(device: "torch.device") -> None:
     the process's life) now, for the two streams the networks run on: the current one and
     :func:`warm_up_stream`. Allocated lazily, in the middle of a network's first run, a
     workspace lands in a segment of that run's activations, and torch's cache can never give
-    that segment back: 126 MiB were held so for 34 MiB of workspace (measured on an H200)."""
+    that segment back: 126 MiB were held so for 34 MiB of workspace (measured on an H200).
+    One product per stream: the workspace is per stream, whatever the dtype (after a float16
+    product, a float32 one and a cuBLASLt linear with bias allocated nothing more; measured,
+    ``scripts/gpu/context_memory.py``)."""
     import torch
 
     current, side = torch.cuda.current_stream(device), warm_up_stream(device)
     side.wait_stream(current)
     for stream in (current, side):
         with torch.cuda.stream(stream):
-            for dtype in (torch.float16, torch.float32):
-                ones = torch.ones((8, 8), device=device, dtype=dtype)
-                ones @ ones
+            ones = torch.ones((8, 8), device=device, dtype=torch.float16)
+            ones @ ones
     current.wait_stream(side)
 
 
