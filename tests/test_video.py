@@ -25,6 +25,7 @@ videos of 3 objects) serves HTTP and gRPC.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import re
@@ -439,6 +440,44 @@ def cpu_predictor(video_checkpoint: Path) -> tuple[object, list[int]]:
     encode = predictor.forward_image
     predictor.forward_image = lambda images: batches.append(len(images)) or encode(images)
     return predictor, batches
+
+
+def test_bfloat16_predictors_store_the_weights_autocast_casts(video_checkpoint):
+    """``build_video_predictor(precision="bfloat16")`` stores the linear and convolution
+    layers' weights in bfloat16 (what autocast casts them to at every call) and leaves the
+    rest float32; under bfloat16 autocast the image encoder's features are then the same bit
+    for bit (CPU autocast here: the GPU's is measured by scripts/gpu/video_weight_cast.py).
+    A float32 engine refuses such a predictor."""
+    import torch
+
+    from sam2_triton.models import MODEL_SIZES
+    from sam2_triton.sessions.video import VideoSessionEngine, build_video_predictor
+
+    cpu = torch.device("cpu")
+    build = functools.partial(
+        build_video_predictor, MODEL_SIZES["tiny"], video_checkpoint, cpu, image_size=IMAGE_SIZE
+    )
+    plain, cast = build(), build(precision="bfloat16")
+    layers = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    dtypes = {
+        (isinstance(m, layers), p.dtype)
+        for m in cast.modules()
+        for p in m.parameters(recurse=False)
+    }
+    assert dtypes == {(True, torch.bfloat16), (False, torch.float32)}, dtypes
+    assert all(p.dtype == torch.float32 for p in plain.parameters())
+    image = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        exact = plain.forward_image(image)["vision_features"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            theirs, ours = plain.forward_image(image), cast.forward_image(image)
+    assert not torch.equal(theirs["vision_features"], exact)  # autocast ran in bfloat16
+    for key in ("vision_features", "backbone_fpn"):
+        a, b = theirs[key], ours[key]
+        for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert torch.equal(x, y), key
+    with pytest.raises(UserError, match="cast for bfloat16"):
+        VideoSessionEngine(cast, cpu, precision="float32")
 
 
 def test_engine_state_is_metas_and_stays_within_its_bound(

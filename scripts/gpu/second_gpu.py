@@ -72,7 +72,9 @@ def main() -> None:
     burst_then_idle(sessions, "session_engine")
     sessions.close()
 
-    predictor = build_video_predictor(get_model_size(args.model), args.checkpoint, device)
+    predictor = build_video_predictor(
+        get_model_size(args.model), args.checkpoint, device, precision="bfloat16"
+    )
     video = VideoSessionEngine(predictor, device, VideoLimits(), precision="bfloat16")
     video.warm()
     record("video_engine_warm")

@@ -63,17 +63,18 @@ def main() -> None:
     mode = args.torch_compile or ("reduce-overhead" if device.type == "cuda" else "none")
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = _random_checkpoint(args.model, Path(tmp))
+        precision = "bfloat16" if device.type == "cuda" else "float32"
         predictor = build_video_predictor(
             get_model_size(args.model),
             checkpoint,
             device,
             torch_compile=mode,
             image_size=args.image_size,
+            precision=precision,
         )
     limits = VideoLimits(  # the benchmark's client: 8 frames per request and per response
         max_frames=max(VideoLimits.max_frames, args.frames), max_frames_per_response=8
     )
-    precision = "bfloat16" if device.type == "cuda" else "float32"
     engine = VideoSessionEngine(predictor, device, limits, precision=precision)
     report: dict = {"warm_seconds": round(engine.warm(), 1), "warm_events": dict(counter.counts)}
     # A compilation given up at the warm-up would time eager runs as if compiled.

@@ -50,7 +50,11 @@ def main() -> None:
     torch.zeros(1, device=device)
     record("context")
     predictor = build_video_predictor(
-        get_model_size(args.model), args.checkpoint, device, torch_compile=args.torch_compile
+        get_model_size(args.model),
+        args.checkpoint,
+        device,
+        torch_compile=args.torch_compile,
+        precision="bfloat16",
     )
     record("predictor_on_device")
     engine = VideoSessionEngine(predictor, device, VideoLimits(), precision="bfloat16")

@@ -393,6 +393,51 @@ def run_served(config: VideoBenchConfig, url: str, frames: list[bytes]) -> list[
 # --- the engine in-process ---------------------------------------------------------------------
 
 
+def track_in_process(
+    engine,
+    objects: int,
+    masks: list | None = None,
+    *,
+    frames: list[bytes],
+    height: int,
+    width: int,
+    frames_per_request: int,
+) -> dict:
+    """One video through ``engine`` (a :class:`~sam2_triton.sessions.video.VideoSessionEngine`)
+    as the client feeds the server: its ``frames`` (JPEG files of ``height``×``width``) in
+    requests of ``frames_per_request``, one click per object on frame 0 (:func:`object_clicks`),
+    then propagations until every frame is tracked, then the end. Seconds of each phase and
+    the frames tracked; the propagations' ``[O, H, W]`` masks of each frame are appended to
+    ``masks`` if given."""
+    from sam2_triton.sessions.video import VideoRequest
+
+    def call(request: VideoRequest):
+        (answer,) = engine.execute([request])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), frames_per_request):
+        call(VideoRequest(0, start=i == 0, frames=frames[i : i + frames_per_request]))
+    t1 = time.perf_counter()
+    for i, click in enumerate(object_clicks(objects, height, width)):
+        call(VideoRequest(0, frame_index=0, object_id=i + 1, points=[click], labels=[1]))
+    t2 = time.perf_counter()
+    tracked, start = 0, None
+    while tracked < len(frames):
+        answer = call(VideoRequest(0, propagate=True, start_frame=start))
+        if not len(answer.frame_indices):
+            break
+        tracked += len(answer.frame_indices)
+        start = int(answer.frame_indices[-1]) + 1
+        if masks is not None:
+            masks.extend(answer.masks)
+    t3 = time.perf_counter()
+    call(VideoRequest(0, end=True))
+    return {"frames": tracked, "send": t1 - t0, "prompt": t2 - t1, "propagate": t3 - t2}
+
+
 def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) -> list[dict]:
     """The server's tracker in this process, 1 video at a time, fed as the client feeds the
     server (frames and propagations in the same chunks), with ``feature_batch`` 1 (objects
@@ -401,7 +446,6 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
 
     from sam2_triton.sessions.video import (
         VideoLimits,
-        VideoRequest,
         VideoSessionEngine,
         build_video_predictor,
     )
@@ -413,6 +457,7 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
         device,
         image_size=config.image_size,
         torch_compile=config.torch_compile,
+        precision=config.precision,
     )
     limits = VideoLimits(
         max_frames=max(VideoLimits.max_frames, len(frames)),
@@ -432,33 +477,13 @@ def run_engine(config: VideoBenchConfig, checkpoint: Path, frames: list[bytes]) 
         for b in dict.fromkeys((1, config.feature_batch))
     }
 
-    def track(engine: VideoSessionEngine, objects: int, masks: list | None = None) -> dict:
-        def call(request: VideoRequest):
-            (answer,) = engine.execute([request])
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
-
-        t0 = time.perf_counter()
-        step = config.frames_per_request
-        for i in range(0, len(frames), step):
-            call(VideoRequest(0, start=i == 0, frames=frames[i : i + step]))
-        t1 = time.perf_counter()
-        for i, click in enumerate(object_clicks(objects, config.height, config.width)):
-            call(VideoRequest(0, frame_index=0, object_id=i + 1, points=[click], labels=[1]))
-        t2 = time.perf_counter()
-        tracked, start = 0, None
-        while tracked < len(frames):
-            answer = call(VideoRequest(0, propagate=True, start_frame=start))
-            if not len(answer.frame_indices):
-                break
-            tracked += len(answer.frame_indices)
-            start = int(answer.frame_indices[-1]) + 1
-            if masks is not None:
-                masks.extend(answer.masks)
-        t3 = time.perf_counter()
-        call(VideoRequest(0, end=True))
-        return {"frames": tracked, "send": t1 - t0, "prompt": t2 - t1, "propagate": t3 - t2}
+    track = functools.partial(
+        track_in_process,
+        frames=frames,
+        height=config.height,
+        width=config.width,
+        frames_per_request=config.frames_per_request,
+    )
 
     started = time.perf_counter()
     for engine in engines.values():  # warm-up (with --torch-compile: the compilation)
@@ -522,6 +547,7 @@ def compiled_against_eager(config, checkpoint: Path, compiled, track, objects: i
             checkpoint,
             torch.device("cuda"),
             image_size=config.image_size,
+            precision=config.precision,
         ),
         torch.device("cuda"),
         dataclasses.replace(compiled.limits, batch_objects=False),  # as compiled: one by one

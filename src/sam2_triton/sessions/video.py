@@ -649,6 +649,7 @@ def build_video_predictor(
     *,
     image_size: int | None = None,
     torch_compile: str = "none",
+    precision: str = "float32",
 ):
     """Meta's ``SAM2VideoPredictor`` of ``size`` (``build_sam2_video_predictor``: the same
     hydra config and post-processing overrides) with the weights of the Meta-format
@@ -656,12 +657,20 @@ def build_video_predictor(
     records it), read with ``weights_only=True`` and checked tensor by tensor.
     ``image_size`` overrides the model's input side (1024); ``torch_compile`` other than
     ``none`` builds Meta's ``SAM2VideoPredictorVOS`` (GPU only): ``max-autotune`` as Meta
-    builds it, another mode through :func:`compile_video_predictor`."""
+    builds it, another mode through :func:`compile_video_predictor`.
+
+    ``precision``: the :class:`VideoSessionEngine`'s that will run it. For ``"bfloat16"``
+    (autocast) the weights autocast casts at every call (linear and convolution layers) are
+    stored in bfloat16, cast on the host before the move
+    (:func:`~sam2_triton.sessions.torch_networks.cast_autocast_weights`): the same answers
+    bit for bit, half their memory, and no casts at every frame. Only for a predictor run
+    under bfloat16 autocast (the engine does; Meta's API alone does not)."""
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
     from sam2_triton.checksums import file_sha256, recorded_sha256, sums_path
     from sam2_triton.export import check_state_dict, read_checkpoint
+    from sam2_triton.sessions.torch_networks import cast_autocast_weights
 
     recorded = recorded_sha256(weights)
     if recorded is not None and file_sha256(weights) != recorded:
@@ -673,6 +682,8 @@ def build_video_predictor(
     overrides = [] if image_size in (None, 0, IMAGE_SIZE) else [f"++model.image_size={image_size}"]
     if torch_compile not in TORCH_COMPILE_MODES:
         raise UserError(f"torch_compile must be one of {', '.join(TORCH_COMPILE_MODES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     model = build_sam2_video_predictor(
         size.config,
         ckpt_path=None,
@@ -684,6 +695,8 @@ def build_video_predictor(
     check_state_dict(model.state_dict(), state_dict, size, weights)
     model.load_state_dict(state_dict)
     torch.set_grad_enabled(False)
+    if precision == "bfloat16":
+        cast_autocast_weights(model, torch.bfloat16)
     model = model.to(device).eval()
     compile_video_predictor(model, torch_compile)
     return model
@@ -862,6 +875,12 @@ class VideoSessionEngine:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "bfloat16" and device.type != "cuda":
             raise UserError("bfloat16 needs a GPU instance (use float32 on the CPU)")
+        linear = next(m for m in predictor.modules() if isinstance(m, torch.nn.Linear))
+        if precision == "float32" and linear.weight.dtype != torch.float32:
+            raise UserError(
+                "this predictor's weights were cast for bfloat16 (build_video_predictor's "
+                "precision): it cannot run float32"
+            )
         self.predictor = predictor
         self.device = device
         self.limits = limits

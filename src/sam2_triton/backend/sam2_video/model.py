@@ -126,6 +126,7 @@ class TritonPythonModel:
                 )
             device = torch_device(kind, device_id)
             size = get_model_size(parameter(config, "sam2_model_size", "base_plus"))
+            precision = parameter(config, "precision", "float32")
             predictor = build_video_predictor(
                 size,
                 weights,
@@ -137,12 +138,13 @@ class TritonPythonModel:
                     "torch_compile",
                     "max-autotune" if parameter(config, "vos_optimized", "") == "true" else "none",
                 ),
+                precision=precision,
             )
             self.engine = VideoSessionEngine(
                 predictor,
                 device,
                 limits,
-                precision=parameter(config, "precision", "float32"),
+                precision=precision,
                 on_drop=lambda key, _v, why: log.log_verbose(f"{self.name}: video {key} {why}"),
                 on_memory_release=self._log_release,
             )
