@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+from sam2_triton.bench.report import append_json_line
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
@@ -62,9 +64,7 @@ def main() -> None:
             "torch_reserved_mib": round(torch.cuda.memory_reserved() / 2**20),
             "stack_limit_bytes": cuda_stack_limit(),
         }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_json_line(row, args.out)
     print(json.dumps(row, indent=1))
 
 

@@ -15,10 +15,11 @@ pool or torch's own cache.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import Counter
 from pathlib import Path
+
+from sam2_triton.bench.report import append_json_line
 
 
 def where(frames: list[dict]) -> str:
@@ -145,9 +146,7 @@ def main() -> None:
     time.sleep(engine.limits.memory_release_idle_s + 1)
     engine.idle_release.poll()
     measure("after_idle_release")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_json_line(row, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import os
 import time
 from pathlib import Path
 
+from sam2_triton.bench.report import append_json_line
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
@@ -87,10 +89,7 @@ def main() -> None:
         if "given_back" not in used
     }
     row = {"gpu": args.gpu, "model": args.model, "stages": stages, "on_other_gpus": stray}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    append_json_line(row, args.out)
     print(json.dumps(row))
 
 

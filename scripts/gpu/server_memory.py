@@ -51,6 +51,7 @@ def main() -> None:
     args = p.parse_args()
 
     from sam2_triton.bench.profile import device_mib_by_process
+    from sam2_triton.bench.report import append_json_line
     from sam2_triton.server import EmbeddedTriton, free_port
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,9 +80,7 @@ def main() -> None:
                     "stub_mib": sum(used.get(pid, 0) for pid in stubs),
                 }
             print(json.dumps(row))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_json_line(row, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sam2_triton.bench.report import append_json_line
+
 
 def compare(a: str, b: str) -> None:
     x, y = np.load(a), np.load(b)
@@ -245,8 +247,7 @@ def main() -> None:
         (answer,) = engine.execute([request])
         logits[f"click{i}"] = answer.low_res_masks
     np.savez(args.out.with_suffix(".npz"), **logits)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_json_line(row, args.out)
     print(json.dumps(row), flush=True)
 
 

@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from sam2_triton.bench.report import append_json_line
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
@@ -61,10 +63,7 @@ def main() -> None:
     engine.warm()
     record("engine_warm")
     row = {"model": args.model, "torch_compile": args.torch_compile, "stages": stages}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    append_json_line(row, args.out)
     print(json.dumps(row))
 
 

@@ -22,6 +22,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from sam2_triton.bench.report import append_json_line
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
@@ -88,10 +90,7 @@ def main() -> None:
         "mask_pixels": int(a.size),
         "mask_pixels_set": int(a.sum()),
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    append_json_line(row, args.out)
     print(json.dumps(row))
 
 

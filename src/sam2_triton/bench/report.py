@@ -16,6 +16,17 @@ def write_json(report: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def append_json_line(row: dict, path: str | os.PathLike | None) -> None:
+    """Append ``row`` to the JSON-lines file ``path`` (folders made; nothing for None), as the
+    GPU scripts keep one line per run in the file each device call brings back."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def _transport(r: dict) -> str:
     if r["backend"] == "triton":
         shm = "" if r.get("shared_memory", "none") == "none" else "+shm"
