@@ -647,6 +647,31 @@ def test_the_session_runtime_is_a_config_choice():
     assert (cpu.session.runtime, cpu.session.torch_compile) == ("onnxruntime", "none")
 
 
+def test_instances_go_on_the_gpus_a_config_names():
+    """``--session-gpus``/``--video-gpus`` put each model's instances on those GPUs only
+    (Triton's ``instance_group.gpus``: ``count`` instances on each); without them, on every
+    GPU. Repeated, negative or CPU-config GPUs are refused before a config is written."""
+    from sam2_triton import model_config as mc
+    from sam2_triton.cli.configure_repository import build_parser, params_from_args
+
+    flags = ["--session-gpus", "0", "--video-gpus", "1,2", "--video-instances", "1"]
+    gpu, cpu = params_from_args(build_parser().parse_args(flags))
+    (session,) = mc.session_config(gpu).instance_group
+    assert (session.kind, list(session.gpus), session.count) == (session.KIND_GPU, [0], 2)
+    (video,) = mc.video_config(gpu).instance_group
+    assert (list(video.gpus), video.count) == ([1, 2], 1)
+    assert "gpus: 1" in mc.to_text(mc.video_config(gpu))
+    assert not mc.session_config(cpu).instance_group[0].gpus
+    default = mc.RepositoryParams(model_size="base_plus")
+    assert not mc.session_config(default).instance_group[0].gpus
+    assert not mc.video_config(default).instance_group[0].gpus
+    for wrong, message in (((0, 0), "distinct"), ((-1,), "distinct GPU indices ≥ 0")):
+        with pytest.raises(UserError, match=message):
+            dataclasses.replace(gpu.session, gpus=wrong).check("gpu")
+    with pytest.raises(UserError, match="video gpus are for GPU instances"):
+        params_from_args(build_parser().parse_args(["--target", "cpu", "--video-gpus", "0"]))
+
+
 def test_arena_shrinks_on_the_first_small_run_after_large_ones(tiny_repository):
     """``shrink_arena_above=1``: runs of one row never ask ONNX Runtime to shrink its arena
     while no larger run came before; after a burst of larger runs (none of which shrinks: a

@@ -149,10 +149,13 @@ class SessionServing:
     encoder 4.3 against 8.0 ms, a click 1.6 against 2.7 ms, decoder batches of 64 2.6 times
     the masks/s, half the memory; docs/benchmarks.md); on a CPU, ONNX Runtime (four times
     faster there than PyTorch eager).
+    ``gpus``: the GPUs that get ``instance_count`` instances each (Triton's
+    ``instance_group.gpus``); empty: every GPU of the machine, Triton's default.
     """
 
     max_batch_size: int = 16
     instance_count: int = 2
+    gpus: tuple[int, ...] = ()
     max_sessions: int = 64
     idle_timeout_s: int = 600
     max_queue_delay_us: int = 0
@@ -191,6 +194,17 @@ class SessionServing:
             raise UserError("the session idle timeout must be ≥ 1 s and delays ≥ 0")
         if self.memory_release_idle_s < 0:
             raise UserError("memory_release_idle_s must be ≥ 0 (0: never)")
+        check_gpus(self.gpus, device, "session")
+
+
+def check_gpus(gpus: tuple[int, ...], device: str, model: str) -> None:
+    """GPU indices for an instance group: distinct, ≥ 0, and only for GPU instances."""
+    if not gpus:
+        return
+    if device == "cpu":
+        raise UserError(f"{model} gpus are for GPU instances, not the CPU config")
+    if min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise UserError(f"{model} gpus must be distinct GPU indices ≥ 0, not {list(gpus)}")
 
 
 #: Seconds Triton keeps a sequence after the model has dropped its idle session.
@@ -230,9 +244,11 @@ class VideoServing:
     memories line up (Meta's SAM2.1 tracks each alone; eager only: compiled graphs are made
     per batch size). On a GPU, an instance idle for ``memory_release_idle_s`` gives back the
     device memory a propagation left in torch's cache (0: never), as ``sam2_session`` does.
+    ``gpus``: as :class:`SessionServing`'s (empty: every GPU).
     """
 
     instance_count: int = 4
+    gpus: tuple[int, ...] = ()
     max_videos: int = 2
     idle_timeout_s: int = 600
     max_frames: int = 600
@@ -284,6 +300,7 @@ class VideoServing:
             raise UserError(
                 f"video image_size must be a multiple of 16, ≥ 64 (or 0), not " f"{self.image_size}"
             )
+        check_gpus(self.gpus, device, "video")
 
 
 @dataclass(frozen=True)
@@ -370,11 +387,14 @@ def _tensor(cls, name: str, lead: int | None = None):
     return cls(name=name, data_type=mc.TYPE_FP32, dims=list(dims))
 
 
-def _instance_group(count: int, params: RepositoryParams) -> mc.ModelInstanceGroup:
+def _instance_group(
+    count: int, params: RepositoryParams, gpus: tuple[int, ...] = ()
+) -> mc.ModelInstanceGroup:
+    """``count`` instances on each GPU of ``gpus`` (empty: on every GPU), or on the CPU."""
     kind = (
         mc.ModelInstanceGroup.KIND_GPU if params.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     )
-    return mc.ModelInstanceGroup(count=count, kind=kind)
+    return mc.ModelInstanceGroup(count=count, kind=kind, gpus=list(gpus))
 
 
 def _queue(max_queue_size: int, serving: ModelServing | None = None) -> mc.ModelDynamicBatching:
@@ -612,7 +632,7 @@ def session_config(params: RepositoryParams) -> mc.ModelConfig:
         ],
         output=[mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in outputs],
         sequence_batching=sequence,
-        instance_group=[_instance_group(s.instance_count, params)],
+        instance_group=[_instance_group(s.instance_count, params, s.gpus)],
     )
     for key, value in {
         "encoder_model": ENCODER,
@@ -707,7 +727,7 @@ def video_config(params: RepositoryParams) -> mc.ModelConfig:
         ],
         output=[mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in VIDEO_OUTPUT_TENSORS],
         sequence_batching=_sequence_batching(v.idle_timeout_s, v.max_candidate_sequences, 0),
-        instance_group=[_instance_group(v.instance_count, params)],
+        instance_group=[_instance_group(v.instance_count, params, v.gpus)],
     )
     for key, value in {
         "weights": VIDEO_WEIGHTS,

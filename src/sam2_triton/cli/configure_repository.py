@@ -26,9 +26,25 @@ def _true_or_false(text: str) -> bool:
     return text == "true"
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+#: What ``--session-gpus`` and ``--video-gpus`` say.
+GPUS_HELP = (
+    "comma-separated GPU indices, each to get --{model}-instances instances (default: every "
+    "GPU, Triton's own placement)"
+)
+
 #: ``--video-*`` flags: the :class:`~sam2_triton.model_config.VideoServing` field, type, meaning.
 VIDEO_FLAGS = {
     "instances": ("instance_count", int, "model instances (each keeps its own videos)"),
+    "gpus": ("gpus", _sizes, GPUS_HELP.format(model="video")),
     "max_videos": ("max_videos", int, "live videos per instance (least recently used evicted)"),
     "idle_timeout": ("idle_timeout_s", int, "seconds after its last request a video is dropped"),
     "max_frames": ("max_frames", int, "frames a video may have"),
@@ -55,15 +71,6 @@ VIDEO_FLAGS = {
         "max-autotune is Meta's VOS, many more minutes of autotuning)",
     ),
 }
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SESSION_COMPILE_MODES,
         help="with --session-runtime pytorch on a GPU: torch.compile's mode (none: eager)",
     )
+    g.add_argument("--session-gpus", type=_sizes, help=GPUS_HELP.format(model="session"))
     g.add_argument(
         "--session-memory-release-idle",
         type=float,
@@ -148,6 +156,7 @@ def params_from_args(args: argparse.Namespace):
         base.session,
         max_batch_size=args.session_max_batch_size,
         instance_count=args.session_instances,
+        gpus=args.session_gpus,
         max_sessions=args.session_max_sessions,
         idle_timeout_s=args.session_idle_timeout,
         max_image_pixels=args.session_max_image_pixels,
