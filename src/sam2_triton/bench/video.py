@@ -267,7 +267,7 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
         return
     from sam2_triton import model_config as mc
     from sam2_triton.model_config import write_video_repository
-    from sam2_triton.server import EmbeddedTriton, free_port
+    from sam2_triton.server import EmbeddedTriton, free_port, visible_gpu_count
 
     base = (
         mc.RepositoryParams(model_size=config.model)
@@ -307,7 +307,9 @@ def served(config: VideoBenchConfig, checkpoint: Path, url: str | None, workdir:
             yield target, {
                 "started_here": True,
                 "ready_seconds": round(ready, 1),
+                # Triton places this many instances on each GPU it sees.
                 "instances": video.instance_count,
+                "gpus": visible_gpu_count() if config.device == "gpu" else 0,
                 "precision": video.precision,
                 "feature_batch": video.feature_batch,
             }
