@@ -25,6 +25,8 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 
 from sam2_triton.sessions.image import RequestError
+from sam2_triton.sessions.runtime import make_current
+from sam2_triton.sessions.store import Sweeper
 
 #: The control inputs the sequence batcher fills in (see model_config's sequence configs).
 START, END, CORRID = "START", "END", "CORRID"
@@ -161,3 +163,17 @@ def _respond(model: str, parsed: list, answers: list, outputs: Callable, respons
         else:
             tensors = [from_numpy(n, value[None]) for n, value in outputs(answer, read_request)]
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def start_idle_work(engine, device, idle_timeout_s: float) -> Sweeper:
+    """Start what an instance's ``engine`` (a session or video engine) does with no request,
+    each on a daemon thread whose current device is the instance's ``device``: the sweeper,
+    which drops expired sessions or videos every min(30 s, a quarter of ``idle_timeout_s``)
+    (their device memory freed), and the engine's idle release, if it has one. Returns the
+    sweeper, for ``finalize`` to stop (the engine's ``close`` stops the release)."""
+    sweeper = Sweeper(
+        engine.store, min(30.0, idle_timeout_s / 4), setup=lambda: make_current(device)
+    ).start()
+    if engine.idle_release is not None:
+        engine.idle_release.start()
+    return sweeper

@@ -375,12 +375,9 @@ class ImageSessionEngine:
         # 20 MiB segments of them). The pool is bounded as the sessions are.
         self._session_pool = torch.cuda.MemPool() if cuda and _has_mem_pools() else None
         #: Gives a burst's cached memory back when idle (GPU; its thread: ``.start()``).
-        self.idle_release: IdleRelease | None = None
-        if cuda and limits.memory_release_idle_s > 0:
-            self.idle_release = IdleRelease(
-                device, limits.memory_release_idle_s, on_release=on_memory_release
-            )
-            self.idle_release.settle()
+        self.idle_release = IdleRelease.for_device(
+            device, limits.memory_release_idle_s, on_memory_release
+        )
 
     def session_nbytes(self) -> int:
         """Bytes a session of this engine holds at most: its features as the encoder gives

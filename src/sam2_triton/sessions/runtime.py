@@ -213,6 +213,21 @@ class IdleRelease:
         self._released_since_run = False
         self._thread: Periodic | None = None
 
+    @classmethod
+    def for_device(
+        cls,
+        device: "torch.device",
+        idle_s: float,
+        on_release: Callable[[int, int], None] | None = None,
+    ) -> IdleRelease | None:
+        """An engine's release on ``device``, settled at the cache's present level; None on
+        a CPU (no torch cache to give back) or with ``idle_s`` 0 (never)."""
+        if device.type != "cuda" or idle_s <= 0:
+            return None
+        release = cls(device, idle_s, on_release=on_release)
+        release.settle()
+        return release
+
     def settle(self) -> None:
         """Take the cache's present level as the one to come back to (after the warm-up)."""
         self._baseline = self._reserved()

@@ -907,12 +907,9 @@ class VideoSessionEngine:
         #: Why the compiled networks were given up at the warm-up (then the tracker runs
         #: eager), or None.
         self.compile_error: str | None = None
-        self.idle_release: IdleRelease | None = None
-        if device.type == "cuda" and limits.memory_release_idle_s > 0:
-            self.idle_release = IdleRelease(
-                device, limits.memory_release_idle_s, on_release=on_memory_release
-            )
-            self.idle_release.settle()
+        self.idle_release = IdleRelease.for_device(
+            device, limits.memory_release_idle_s, on_memory_release
+        )
         if precision == "bfloat16":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -38,6 +38,7 @@ from sam2_triton.backend.sequence import (
     read_inputs,
     read_points,
     read_sequence,
+    start_idle_work,
 )
 from sam2_triton.export import CUDA_MODEL_FILENAME
 from sam2_triton.sessions.image import (
@@ -49,11 +50,9 @@ from sam2_triton.sessions.image import (
 from sam2_triton.sessions.runtime import (
     StageClock,
     bucket_sizes,
-    make_current,
     release_message,
     torch_device,
 )
-from sam2_triton.sessions.store import Sweeper
 from sam2_triton.sessions.torch_networks import TorchNetworks
 
 #: Environment variable: log where the time goes every N executions (0 or unset: never).
@@ -117,14 +116,8 @@ class TritonPythonModel:
                 warmed = f"; warmed up in {self.engine.warm():.1f} s"
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
-        # Expired sessions are freed even when no request comes.
-        self.sweeper = Sweeper(
-            self.engine.store,
-            min(30.0, limits.idle_timeout_s / 4),
-            setup=lambda: make_current(device),  # a dropped session frees device memory
-        ).start()
-        if self.engine.idle_release is not None:
-            self.engine.idle_release.start()
+        # Expired sessions are freed, and idle memory given back, even when no request comes.
+        self.sweeper = start_idle_work(self.engine, device, limits.idle_timeout_s)
         self.max_elements = {
             "image_bytes": limits.max_image_bytes,
             "point_coords": 2 * limits.max_points,

@@ -57,10 +57,10 @@ from sam2_triton.backend.sequence import (  # noqa: E402
     read_inputs,
     read_points,
     read_sequence,
+    start_idle_work,
 )
 from sam2_triton.models import UserError, get_model_size  # noqa: E402
-from sam2_triton.sessions.runtime import make_current, release_message, torch_device  # noqa: E402
-from sam2_triton.sessions.store import Sweeper  # noqa: E402
+from sam2_triton.sessions.runtime import release_message, torch_device  # noqa: E402
 from sam2_triton.sessions.video import (  # noqa: E402
     VIDEO_OUTPUTS,
     VideoLimits,
@@ -158,14 +158,8 @@ class TritonPythonModel:
                 )
         except Exception as e:  # noqa: BLE001 - any failure makes the model unavailable
             raise pb_utils.TritonModelException(f"{self.name}: {e}") from None
-        # Expired videos are freed even when no request comes.
-        self.sweeper = Sweeper(
-            self.engine.store,
-            min(30.0, limits.idle_timeout_s / 4),
-            setup=lambda: make_current(device),  # a dropped session frees device memory
-        ).start()
-        if self.engine.idle_release is not None:
-            self.engine.idle_release.start()
+        # Expired videos are freed, and idle memory given back, even when no request comes.
+        self.sweeper = start_idle_work(self.engine, device, limits.idle_timeout_s)
         self.max_elements = {
             "frames": limits.max_frames_per_request,
             "point_coords": 2 * limits.max_points,
